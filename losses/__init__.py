@@ -1,0 +1,5 @@
+"""Preference losses for `po`: one file per loss, each a `PreferenceLoss` selected by `conf/loss/NAME.yaml`."""
+
+from losses.base import LossOutput, PairBatch, PreferenceLoss
+
+__all__ = ["LossOutput", "PairBatch", "PreferenceLoss"]

@@ -1,0 +1,48 @@
+"""`po-train` (= `python -m po.cli`): one preference-optimization run, or a sweep with `-m`.
+
+Examples:
+    po-train
+    po-train loss=ipo loss.beta=0.5 trainer.max_steps=20
+    po-train model=hf model.name_or_path=Qwen/Qwen2.5-0.5B-Instruct data=jsonl data.path=prefs.jsonl
+    po-train -m loss=dpo,ipo loss.beta=0.05,0.1
+    torchrun --nproc_per_node 2 -m po.cli hydra.run.dir=runs/x deepspeed=zero3
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig
+
+from po.config import conf_dir
+from po.errors import POError
+
+log = logging.getLogger("po")
+
+
+@hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="train")
+def _main(cfg: DictConfig) -> float | None:
+    from po.train import train
+
+    hydra_cfg = HydraConfig.get()
+    try:
+        summary = train(cfg, Path(hydra_cfg.runtime.output_dir))
+    except POError as exc:
+        if hydra_cfg.mode == RunMode.MULTIRUN:
+            raise  # the sweep records this run as failed and goes on with the others
+        print(f"po-train: error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    return summary["eval"].get("eval_loss")
+
+
+def main() -> None:
+    _main()
+
+
+if __name__ == "__main__":
+    main()

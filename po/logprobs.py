@@ -1,0 +1,85 @@
+"""Per-token log-probs of response tokens, without materializing fp32 `[B, T, V]` logits.
+
+The model runs once with `output_hidden_states=True` and `logits_to_keep=1` (so it computes logits for one
+position only). The final hidden states at the positions that predict response tokens are gathered, and the LM
+head plus fp32 log-softmax run over chunks of those positions; under grad each chunk is checkpointed, so only one
+chunk of logits is alive at any time, in the forward and the backward pass. Going through the model's own
+`forward` keeps DDP, DeepSpeed and PEFT wrappers in charge of their hooks.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.utils.checkpoint import checkpoint
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The bare model under DDP / DeepSpeed wrappers (PEFT models are kept: they forward attributes)."""
+    while hasattr(model, "module") and isinstance(model.module, torch.nn.Module):
+        model = model.module
+    return model
+
+
+def final_hidden_states(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                        position_ids: torch.Tensor | None = None, **kwargs) -> tuple[torch.Tensor, object]:
+    """Post-norm last-layer hidden states `[R, T, H]` and the raw model output (for extra hidden states)."""
+    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                output_hidden_states=True, logits_to_keep=1, use_cache=False, **kwargs)
+    return out.hidden_states[-1], out
+
+
+def _chunk_logps(hidden: torch.Tensor, targets: torch.Tensor, head: torch.nn.Module, softcap: float | None):
+    logits = head(hidden).float()
+    if softcap:
+        logits = torch.tanh(logits / softcap) * softcap
+    return logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+
+
+def scored_positions(input_ids: torch.Tensor, response_mask: torch.Tensor):
+    """(rows, source positions, target ids) of every response token: position t predicts token t + 1."""
+    scored = response_mask[:, 1:].bool()
+    rows, cols = scored.nonzero(as_tuple=True)
+    return rows, cols, input_ids[rows, cols + 1], scored
+
+
+def token_logps_from_hidden(model: torch.nn.Module, hidden: torch.Tensor, input_ids: torch.Tensor,
+                            response_mask: torch.Tensor, chunk_size: int = 256) -> torch.Tensor:
+    """Response-aligned log-probs `[R, L]` (L = longest response in the batch; zero where padded)."""
+    bare = unwrap(model)
+    head = bare.get_output_embeddings()
+    softcap = getattr(getattr(bare, "config", None), "final_logit_softcapping", None)
+    rows, cols, targets, scored = scored_positions(input_ids, response_mask)
+    gathered = hidden[rows, cols]
+    pieces = []
+    for start in range(0, gathered.shape[0], chunk_size):
+        h, t = gathered[start:start + chunk_size], targets[start:start + chunk_size]
+        if torch.is_grad_enabled() and h.requires_grad:
+            pieces.append(checkpoint(_chunk_logps, h, t, head, softcap, use_reentrant=False))
+        else:
+            pieces.append(_chunk_logps(h, t, head, softcap))
+    flat = torch.cat(pieces) if pieces else hidden.new_zeros(0, dtype=torch.float32)
+    return scatter_response(flat, rows, scored)
+
+
+def scatter_response(flat: torch.Tensor, rows: torch.Tensor, scored: torch.Tensor) -> torch.Tensor:
+    """Place per-token values (row-major over `scored`) into a response-aligned `[R, L]` tensor."""
+    lengths = scored.sum(-1)
+    width = int(lengths.max().item()) if lengths.numel() else 0
+    index = (scored.cumsum(-1) - 1)[scored]
+    out = flat.new_zeros((scored.shape[0], max(width, 1)))
+    return out.index_put((rows, index), flat)
+
+
+def response_masks(response_mask: torch.Tensor) -> torch.Tensor:
+    """Response-aligned boolean mask `[R, L]` matching `token_logps_from_hidden`."""
+    lengths = response_mask[:, 1:].sum(-1)
+    width = max(int(lengths.max().item()) if lengths.numel() else 0, 1)
+    return torch.arange(width, device=response_mask.device).unsqueeze(0) < lengths.unsqueeze(1)
+
+
+def token_logps(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                response_mask: torch.Tensor, chunk_size: int = 256,
+                position_ids: torch.Tensor | None = None) -> torch.Tensor:
+    """One forward of `model`, then the response tokens' log-probs `[R, L]`, fp32."""
+    hidden, _ = final_hidden_states(model, input_ids, attention_mask, position_ids)
+    return token_logps_from_hidden(model, hidden, input_ids, response_mask, chunk_size)

@@ -1,0 +1,52 @@
+"""Average metrics over the pairs of the global batch: sums and counts across micro-batches and ranks."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import torch
+import torch.distributed as dist
+
+
+class MetricAccumulator:
+    """Collects per-pair metric tensors between two logging points; `reduce` all-reduces sums and counts."""
+
+    def __init__(self):
+        self.sums: dict[str, float] = defaultdict(float)
+        self.counts: dict[str, float] = defaultdict(float)
+
+    def add(self, metrics: dict[str, torch.Tensor | float]) -> None:
+        for name, value in metrics.items():
+            value = value.detach().float() if torch.is_tensor(value) else torch.tensor(float(value))
+            self.sums[name] += value.sum().item()
+            self.counts[name] += value.numel()
+
+    def add_total(self, name: str, amount: float) -> None:
+        """A quantity that is summed, not averaged (e.g. tokens processed)."""
+        self.sums[name] += amount
+        self.counts[name] = 1.0
+
+    def reduce(self, totals: set[str] = frozenset()) -> dict[str, float]:
+        """Global averages (or sums for `totals`), identical on every rank; then clears the accumulator.
+
+        Every rank must call this at the same point (it all-reduces when distributed). Names are sorted, and each
+        rank contributes zeros for names it has not seen, so ranks agree on the layout.
+        """
+        names = sorted(self.sums)
+        if dist.is_available() and dist.is_initialized():
+            gathered: list[list[str]] = [None] * dist.get_world_size()  # type: ignore[list-item]
+            dist.all_gather_object(gathered, names)
+            names = sorted(set().union(*gathered))
+        values = torch.tensor([[self.sums.get(n, 0.0), self.counts.get(n, 0.0)] for n in names], dtype=torch.float64)
+        if dist.is_available() and dist.is_initialized() and names:
+            device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
+            values = values.to(device)
+            dist.all_reduce(values)
+            values = values.cpu()
+        self.sums.clear()
+        self.counts.clear()
+        out = {}
+        for name, (total, count) in zip(names, values.tolist()):
+            if count > 0:
+                out[name] = total if name in totals else total / count
+        return out

@@ -1,0 +1,55 @@
+"""The maths of one step as plain functions: policy forward -> per-token log-probs -> PairBatch -> loss.
+
+`PreferenceTrainer.compute_loss` only calls `pair_loss`; tests call it directly without a trainer.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from losses.base import LossOutput, PairBatch, PreferenceLoss
+from po.logprobs import response_masks, token_logps
+
+ReferenceSource = Callable[[torch.nn.Module, Callable[[torch.nn.Module], torch.Tensor]], torch.Tensor]
+BATCH_EXTRAS = ("annotator", "weight", "row_ids")
+
+
+def split_pairs(values: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`[2B, L]` rows (B chosen, then B rejected) -> chosen, rejected, each trimmed to its own longest response."""
+    half = values.shape[0] // 2
+    out = []
+    for part in (slice(0, half), slice(half, None)):
+        v, m = values[part], mask[part]
+        width = max(int(m.sum(-1).max().item()), 1)
+        out.append((v[:, :width], m[:, :width]))
+    (vc, mc), (vr, mr) = out
+    return vc, vr, mc, mr
+
+
+def build_pair_batch(policy: torch.Tensor, reference: torch.Tensor | None, mask: torch.Tensor,
+                     extras: dict | None = None) -> PairBatch:
+    """A `PairBatch` from response-aligned `[2B, L]` policy (and reference) log-probs and their mask."""
+    pc, pr, mc, mr = split_pairs(policy, mask)
+    rc = rr = None
+    if reference is not None:
+        rc, rr, _, _ = split_pairs(reference, mask)
+    return PairBatch(pc, pr, mc, mr, rc, rr, extras=dict(extras or {}))
+
+
+def pair_loss(model: torch.nn.Module, inputs: dict[str, torch.Tensor], loss: PreferenceLoss,
+              reference: ReferenceSource | None, chunk_size: int = 256) -> LossOutput:
+    """Run the policy once on chosen+rejected, get reference values if the loss needs them, apply the loss."""
+
+    def compute(m: torch.nn.Module) -> torch.Tensor:
+        return token_logps(m, inputs["input_ids"], inputs["attention_mask"], inputs["response_mask"], chunk_size)
+
+    ref = None
+    if loss.needs_reference:
+        if reference is None:
+            raise RuntimeError("the loss needs reference log-probs but no reference source was configured")
+        ref = reference(model, compute)
+    policy = compute(model)
+    extras = {k: inputs[k] for k in BATCH_EXTRAS if k in inputs}
+    return loss(build_pair_batch(policy, ref, response_masks(inputs["response_mask"]), extras))

@@ -1,0 +1,122 @@
+"""One training run from a composed config: validate, load, train, evaluate, save, summarize.
+
+`po.cli` calls `train(cfg, run_dir)` with Hydra's run directory; tests call it directly.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from transformers import TrainingArguments, set_seed
+
+from po.callbacks import MetricsJsonl
+from po.config import build_loss, trainer_kwargs, validate
+from po.data import PairCollator, load_preference_data
+from po.models import count_parameters, load_policy, load_reference, load_tokenizer
+from po.provenance import git_commit, package_versions
+from po.reference import AdapterReference, FrozenModelReference, resolve_strategy
+from po.trainer import PreferenceTrainer
+
+log = logging.getLogger(__name__)
+
+
+def training_arguments(cfg: DictConfig, run_dir: Path) -> TrainingArguments:
+    kwargs = trainer_kwargs(cfg)
+    kwargs.update(output_dir=str(run_dir / "checkpoints"), remove_unused_columns=False, seed=cfg.seed,
+                  data_seed=cfg.seed)
+    if cfg.deepspeed.get("config"):
+        kwargs["deepspeed"] = OmegaConf.to_container(cfg.deepspeed.config, resolve=True)
+    return TrainingArguments(**kwargs)
+
+
+def build_trainer(cfg: DictConfig, run_dir: Path) -> tuple[PreferenceTrainer, Any, dict]:
+    """Everything up to `trainer.train()`; returns the trainer, the tokenizer and facts for the summary."""
+    set_seed(cfg.seed)
+    tokenizer = load_tokenizer(cfg.model)
+    data = load_preference_data(cfg.data, tokenizer, cfg.seed)
+    loss = build_loss(cfg)
+    strategy = resolve_strategy(cfg.reference.strategy, loss.needs_reference, cfg.peft.get("method", "none"))
+    args = training_arguments(cfg, run_dir)
+    policy = load_policy(cfg.model, tokenizer, cfg.seed)
+    reference = None
+    if strategy == "model":
+        reference = FrozenModelReference(load_reference(cfg.model, tokenizer, cfg.seed, policy).to(args.device))
+    elif strategy == "adapter":
+        reference = AdapterReference()
+    trainer = PreferenceTrainer(
+        model=policy, args=args, train_dataset=data.train, eval_dataset=data.eval,
+        data_collator=PairCollator(tokenizer.pad_token_id), processing_class=tokenizer,
+        callbacks=[MetricsJsonl(run_dir / "metrics.jsonl")], loss_module=loss, reference=reference,
+        logps_chunk_size=cfg.trainer.logps_chunk_size,
+    )
+    facts = {
+        "reference": strategy,
+        "models_loaded": 1 + (strategy == "model"),
+        "policy_parameters": count_parameters(policy),
+        "data": {split: report.as_dict() for split, report in data.reports.items()},
+        "pairs_per_optimizer_step": args.per_device_train_batch_size * args.gradient_accumulation_steps
+        * args.world_size,
+    }
+    log.info("reference: %s; pairs per optimizer step: %d; policy parameters: %d", strategy,
+             facts["pairs_per_optimizer_step"], facts["policy_parameters"])
+    return trainer, tokenizer, facts
+
+
+def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+    """Run the configured job into `run_dir`; return (and write) the summary."""
+    validate(cfg)
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "resolved_config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    trainer, tokenizer, facts = build_trainer(cfg, run_dir)
+    has_eval = trainer.eval_dataset is not None
+    before = trainer.evaluate() if has_eval and cfg.eval.before_training else {}
+    start = time.perf_counter()
+    result = trainer.train()
+    wall = time.perf_counter() - start
+    after = trainer.evaluate() if has_eval else {}
+    trainer.save_model(str(run_dir / "model"))
+    summary = {
+        "steps": trainer.state.global_step,
+        "wall_time_s": round(wall, 2),
+        "pairs_per_second": result.metrics.get("train_samples_per_second"),
+        "tokens_per_second": trainer.train_tokens() / max(wall, 1e-9),
+        "final_train_metrics": _last_train_log(trainer.state.log_history),
+        "eval_before": before,
+        "eval": after,
+        "seed": cfg.seed,
+        "world_size": trainer.args.world_size,
+        "git_commit": git_commit(),
+        "versions": package_versions(),
+        **facts,
+    }
+    if trainer.is_world_process_zero():
+        tokenizer.save_pretrained(str(run_dir / "model"))
+        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        print(format_summary(summary, run_dir))
+    return summary
+
+
+def _last_train_log(history: list[dict]) -> dict:
+    logs = [h for h in history if "loss" in h]
+    return logs[-1] if logs else {}
+
+
+def format_summary(summary: dict, run_dir: Path) -> str:
+    acc_before = summary["eval_before"].get("eval_rewards/accuracies")
+    acc_after = summary["eval"].get("eval_rewards/accuracies")
+    lines = [
+        f"po-train finished: {summary['steps']} steps in {summary['wall_time_s']:.1f} s "
+        f"({summary['pairs_per_second'] or 0:.1f} pairs/s, {summary['tokens_per_second']:.0f} tokens/s)",
+    ]
+    if acc_after is not None:
+        before = f"{acc_before:.3f} -> " if acc_before is not None else ""
+        lines.append(f"held-out reward accuracy: {before}{acc_after:.3f}")
+    lines.append(f"run directory: {run_dir} (summary.json, metrics.jsonl, model/)")
+    return "\n".join(lines)
+

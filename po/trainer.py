@@ -1,0 +1,72 @@
+"""`PreferenceTrainer`: `transformers.Trainer` with a preference loss in `compute_loss`.
+
+Everything else (DeepSpeed, accumulation, mixed precision, PEFT, checkpoints, schedules, logging backends) is the
+Trainer's own. This subclass adds: the pair step, metrics averaged over the global batch, tokens per second, and
+the same metrics on the held-out split with an `eval_` prefix.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+from transformers import Trainer
+
+from losses.base import PreferenceLoss
+from po.metrics import MetricAccumulator
+from po.step import ReferenceSource, pair_loss
+
+
+class PreferenceTrainer(Trainer):
+    def __init__(self, *args, loss_module: PreferenceLoss, reference: ReferenceSource | None = None,
+                 logps_chunk_size: int = 256, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.loss_module = loss_module
+        self.reference = reference
+        self.logps_chunk_size = logps_chunk_size
+        self.model_accepts_loss_kwargs = False  # our loss is a mean over pairs: let the Trainer divide by GA
+        self._metrics = {"train": MetricAccumulator(), "eval": MetricAccumulator()}
+        self._last_log = time.perf_counter()
+        self._local_train_tokens = 0.0
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        out = pair_loss(model, inputs, self.loss_module, self.reference, self.logps_chunk_size)
+        loss = out.per_pair.mean()
+        acc = self._metrics["train" if model.training else "eval"]
+        acc.add(out.metrics)
+        tokens = float(inputs["attention_mask"].sum().item())
+        acc.add_total("num_tokens", tokens)
+        if model.training:
+            self._local_train_tokens += tokens
+        return (loss, out) if return_outputs else loss
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        inputs = self._prepare_inputs(inputs)
+        with torch.no_grad(), self.compute_loss_context_manager():
+            loss = self.compute_loss(model, inputs)
+        return loss.detach(), None, None
+
+    def evaluation_loop(self, *args, **kwargs):
+        self._metrics["eval"] = MetricAccumulator()
+        output = super().evaluation_loop(*args, **kwargs)
+        prefix = kwargs.get("metric_key_prefix", args[4] if len(args) > 4 else "eval")
+        reduced = self._metrics["eval"].reduce(totals={"num_tokens"})
+        reduced.pop("num_tokens", None)
+        output.metrics.update({f"{prefix}_{k}": v for k, v in reduced.items()})
+        return output
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "loss" in logs:  # a training logging step: every rank reaches this point together
+            reduced = self._metrics["train"].reduce(totals={"num_tokens"})
+            now = time.perf_counter()
+            tokens = reduced.pop("num_tokens", 0.0)
+            logs.update(reduced)
+            logs["tokens_per_second"] = tokens / max(now - self._last_log, 1e-9)
+            self._last_log = now
+        super().log(logs, start_time)
+
+    def train_tokens(self) -> float:
+        """Tokens processed in training by all ranks (call on every rank: it all-reduces)."""
+        acc = MetricAccumulator()
+        acc.add_total("tokens", self._local_train_tokens)
+        return acc.reduce(totals={"tokens"}).get("tokens", 0.0)
