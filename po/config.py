@@ -21,7 +21,10 @@ PO_TRAINER_KEYS = {"logps_chunk_size"}
 
 
 def conf_dir() -> Path:
-    """The Hydra config folder: `conf/` of a source checkout, or the copy installed as package `po.conf`."""
+    """The Hydra config folder: `conf/` beside this package in a source checkout, else the installed `po.conf`."""
+    source = Path(__file__).resolve().parent.parent / "conf"
+    if (source / "train.yaml").is_file():
+        return source
     return Path(str(resources.files("po.conf")))
 
 

@@ -7,10 +7,11 @@ the same metrics on the held-out split with an `eval_` prefix.
 
 from __future__ import annotations
 
+import os
 import time
 
 import torch
-from transformers import Trainer
+from transformers import Trainer, TrainerCallback
 
 from losses.base import PreferenceLoss
 from po.metrics import MetricAccumulator
@@ -24,6 +25,8 @@ class PreferenceTrainer(Trainer):
         self.loss_module = loss_module
         self.reference = reference
         self.logps_chunk_size = logps_chunk_size
+        self.loss_module.to(self.args.device)
+        self.add_callback(_LossStepCallback(self.loss_module))
         self.model_accepts_loss_kwargs = False  # our loss is a mean over pairs: let the Trainer divide by GA
         self._metrics = {"train": MetricAccumulator(), "eval": MetricAccumulator()}
         self._last_log = time.perf_counter()
@@ -65,8 +68,45 @@ class PreferenceTrainer(Trainer):
             self._last_log = now
         super().log(logs, start_time)
 
+    def _save(self, output_dir: str | None = None, state_dict=None) -> None:
+        """Save the model as the Trainer does, plus the loss module's state (LCPO's eta, a mask network)."""
+        super()._save(output_dir, state_dict)
+        save_loss_state(self.loss_module, output_dir or self.args.output_dir)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
+        load_loss_state(self.loss_module, resume_from_checkpoint)
+
     def train_tokens(self) -> float:
         """Tokens processed in training by all ranks (call on every rank: it all-reduces)."""
         acc = MetricAccumulator()
         acc.add_total("tokens", self._local_train_tokens)
         return acc.reduce(totals={"tokens"}).get("tokens", 0.0)
+
+
+LOSS_STATE_FILE = "loss_state.pt"
+
+
+def save_loss_state(loss_module: torch.nn.Module, directory: str) -> None:
+    """Write `loss_state.pt` beside a checkpoint or the final model when the loss has parameters or buffers."""
+    state = loss_module.state_dict()
+    if state:
+        torch.save(state, os.path.join(directory, LOSS_STATE_FILE))
+
+
+def load_loss_state(loss_module: torch.nn.Module, directory: str) -> None:
+    path = os.path.join(directory, LOSS_STATE_FILE)
+    if os.path.isfile(path):
+        loss_module.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+
+
+class _LossStepCallback(TrainerCallback):
+    """Calls `loss_module.after_optimizer_step()` (if it has one) once per optimizer step, on every rank."""
+
+    def __init__(self, loss_module: torch.nn.Module):
+        self.loss_module = loss_module
+
+    def on_step_end(self, args, state, control, **kwargs):
+        hook = getattr(self.loss_module, "after_optimizer_step", None)
+        if hook is not None:
+            hook()
