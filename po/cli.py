@@ -30,11 +30,16 @@ def _main(cfg: DictConfig) -> float | None:
     from po.train import train
 
     hydra_cfg = HydraConfig.get()
+    run_dir = Path(hydra_cfg.runtime.output_dir)
     try:
-        summary = train(cfg, Path(hydra_cfg.runtime.output_dir))
-    except POError as exc:
-        if hydra_cfg.mode == RunMode.MULTIRUN:
-            raise  # the sweep records this run as failed and goes on with the others
+        summary = train(cfg, run_dir)
+    except Exception as exc:
+        if hydra_cfg.mode == RunMode.MULTIRUN:  # leave the reason where po-report finds it, then let Hydra
+            run_dir.mkdir(parents=True, exist_ok=True)  # record the failure and go on with the other runs
+            (run_dir / "error.txt").write_text(f"{type(exc).__name__}: {exc}\n")
+            raise
+        if not isinstance(exc, POError):
+            raise
         print(f"po-train: error: {exc}", file=sys.stderr)
         sys.exit(2)
     return summary["eval"].get("eval_loss")

@@ -38,9 +38,9 @@ def build_pair_batch(policy: torch.Tensor, reference: torch.Tensor | None, mask:
     return PairBatch(pc, pr, mc, mr, rc, rr, extras=dict(extras or {}))
 
 
-def pair_loss(model: torch.nn.Module, inputs: dict[str, torch.Tensor], loss: PreferenceLoss,
-              reference: ReferenceSource | None, chunk_size: int = 256) -> LossOutput:
-    """Run the policy once on chosen+rejected, get reference values if the loss needs them, apply the loss."""
+def pair_batch(model: torch.nn.Module, inputs: dict[str, torch.Tensor], loss: PreferenceLoss,
+               reference: ReferenceSource | None, chunk_size: int = 256) -> PairBatch:
+    """Run the policy once on chosen+rejected and get reference values if the loss needs them."""
 
     def compute(m: torch.nn.Module) -> torch.Tensor:
         return token_logps(m, inputs["input_ids"], inputs["attention_mask"], inputs["response_mask"], chunk_size)
@@ -52,4 +52,10 @@ def pair_loss(model: torch.nn.Module, inputs: dict[str, torch.Tensor], loss: Pre
         ref = reference(model, compute)
     policy = compute(model)
     extras = {k: inputs[k] for k in BATCH_EXTRAS if k in inputs}
-    return loss(build_pair_batch(policy, ref, response_masks(inputs["response_mask"]), extras))
+    return build_pair_batch(policy, ref, response_masks(inputs["response_mask"]), extras)
+
+
+def pair_loss(model: torch.nn.Module, inputs: dict[str, torch.Tensor], loss: PreferenceLoss,
+              reference: ReferenceSource | None, chunk_size: int = 256) -> LossOutput:
+    """`pair_batch`, then the loss."""
+    return loss(pair_batch(model, inputs, loss, reference, chunk_size))

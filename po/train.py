@@ -80,6 +80,8 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     result = trainer.train()
     wall = time.perf_counter() - start
     after = trainer.evaluate() if has_eval else {}
+    if has_eval and cfg.eval.generate:
+        after.update(_generation(cfg, trainer, tokenizer, run_dir))
     trainer.save_model(str(run_dir / "model"))
     summary = {
         "steps": trainer.state.global_step,
@@ -90,6 +92,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         "eval_before": before,
         "eval": after,
         "seed": cfg.seed,
+        "config": OmegaConf.to_container(cfg, resolve=True),
         "world_size": trainer.args.world_size,
         "git_commit": git_commit(),
         "versions": package_versions(),
@@ -100,6 +103,24 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         print(format_summary(summary, run_dir))
     return summary
+
+
+def _generation(cfg: DictConfig, trainer: PreferenceTrainer, tokenizer, run_dir: Path) -> dict[str, Any]:
+    """Sample on held-out prompts (main process); a reference-free run loads a reference for this only."""
+    from po.evaluation import generation_eval
+
+    if trainer.args.world_size > 1:
+        log.warning("eval.generate runs in single-process jobs only; skipped (world size %d)", trainer.args.world_size)
+        return {}
+    reference = trainer.reference
+    if reference is None:
+        reference = FrozenModelReference(load_reference(cfg.model, tokenizer, cfg.seed, trainer.model)
+                                         .to(trainer.args.device))
+    eval_set = trainer.eval_dataset
+    prompts = [eval_set[i]["prompt_ids"] for i in range(min(cfg.eval.num_prompts, len(eval_set)))]
+    result = generation_eval(trainer.model, reference, tokenizer, prompts, run_dir / "generations.jsonl",
+                             cfg.eval.max_new_tokens, cfg.eval.temperature, seed=cfg.seed)
+    return {f"eval_{k}": v for k, v in result.items()}
 
 
 def _last_train_log(history: list[dict]) -> dict:

@@ -14,8 +14,9 @@ import torch
 from transformers import Trainer, TrainerCallback
 
 from losses.base import PreferenceLoss
+from po.evaluation import loss_independent_metrics
 from po.metrics import MetricAccumulator
-from po.step import ReferenceSource, pair_loss
+from po.step import ReferenceSource, pair_batch
 
 
 class PreferenceTrainer(Trainer):
@@ -33,10 +34,13 @@ class PreferenceTrainer(Trainer):
         self._local_train_tokens = 0.0
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        out = pair_loss(model, inputs, self.loss_module, self.reference, self.logps_chunk_size)
+        batch = pair_batch(model, inputs, self.loss_module, self.reference, self.logps_chunk_size)
+        out = self.loss_module(batch)
         loss = out.per_pair.mean()
         acc = self._metrics["train" if model.training else "eval"]
         acc.add(out.metrics)
+        if not model.training:
+            acc.add(loss_independent_metrics(batch))
         tokens = float(inputs["attention_mask"].sum().item())
         acc.add_total("num_tokens", tokens)
         if model.training:
