@@ -148,13 +148,13 @@ def load_preference_data(cfg: DictConfig, tokenizer, seed: int) -> PreferenceDat
 
     check_data_config(cfg)
     parts, caches = _select_sources(cfg, tokenizer, seed)
-    bars = datasets.utils.logging.are_progress_bars_disabled()
-    datasets.utils.logging.disable_progress_bars()  # only the tokenizing bar is worth showing
+    bars = datasets.utils.are_progress_bars_disabled()
+    datasets.utils.disable_progress_bars()  # only the tokenizing bar is worth showing
     try:
         return _assemble(cfg, parts, caches)
     finally:
         if not bars:
-            datasets.utils.logging.enable_progress_bars()
+            datasets.utils.enable_progress_bars()
 
 
 def _assemble(cfg: DictConfig, parts: dict[str, list], caches: dict[str, set]) -> PreferenceData:

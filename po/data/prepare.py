@@ -132,7 +132,7 @@ def tokenize_source(rows: list[Row], opts: FormatOptions, tokenizer, max_length:
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=folder.parent))
     try:
-        table.save_to_disk(str(tmp))
+        table.save_to_disk(str(tmp), num_proc=None)
         os.replace(tmp, folder)  # atomic: concurrent ranks or runs never see half a cache entry
     except OSError:
         shutil.rmtree(tmp, ignore_errors=True)  # another process stored the same entry first
