@@ -99,3 +99,28 @@ def test_po_data_command_prints_report_and_examples(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "po.data_cli", "data=jsonl", f"data.path={path}", "data.strict=true",
                           f"data.cache_dir={tmp_path / 'cache'}"], capture_output=True, text=True, cwd=tmp_path)
     assert bad.returncode == 2 and bad.stderr.startswith(f"po-data: error: {path} line 6: data.strict=true")
+
+
+def test_hub_id_offline_error_names_the_dataset_and_split():
+    import pytest
+
+    from po.data.sources import read_rows
+    from po.errors import POError
+
+    with pytest.raises(POError, match=r"^data\.path=someorg/not-there: could not load this Hugging Face dataset "
+                                      r"\(split 'test'\).*If this machine is offline"):
+        read_rows("someorg/not-there", None, "test")
+
+
+def test_data_mixture_option_composes_and_loads(tmp_path):
+    from po.config import validate
+    from po.data import load_preference_data
+    from data_helpers import TOK
+
+    a = write_jsonl(tmp_path / "a.jsonl", rows(4, "a"))
+    cfg = compose_cfg(["data=mixture", f"data.mixture=[{{path: '{a}', weight: 1.5}}]", "data.eval_fraction=0.25",
+                       f"data.cache_dir={tmp_path / 'cache'}"])
+    validate(cfg)
+    data = load_preference_data(cfg.data, TOK, 0)
+    # 4 rows: 1 held out (0.25), 3 for training, weight 1.5 = all 3 once + a random half (round(1.5) = 2)
+    assert (len(data.train), len(data.eval)) == (5, 1)
