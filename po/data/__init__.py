@@ -104,12 +104,14 @@ def _select_sources(cfg: DictConfig, tokenizer, seed: int) -> tuple[dict[str, li
 def _build_split(parts: list, cache_states: set) -> tuple[Any, DataReport, list[str]]:
     """The kept rows of one split as a Dataset, its report, and each kept row's location."""
     import datasets
+    import pyarrow.compute as pc
 
     report = DataReport(cache="miss" if "miss" in cache_states else ("hit" if "hit" in cache_states else ""))
     if not parts or not any(idx for _, idx in parts):
         return None, report, []
     table = datasets.concatenate_datasets([t.select(idx) for t, idx in parts if idx])
-    status, wheres, truncated = table["status"], table["where"], table["truncated"]
+    columns = table.select_columns(["status", "where", "truncated"]).to_dict()  # plain lists: fast to scan
+    status, wheres, truncated = columns["status"], columns["where"], columns["truncated"]
     report.rows = len(table)
     kept = []
     for i, (s, where) in enumerate(zip(status, wheres)):
@@ -122,9 +124,9 @@ def _build_split(parts: list, cache_states: set) -> tuple[Any, DataReport, list[
     report.kept = len(kept)
     if not kept:
         return None, report, []
-    table = table.select(kept)
-    report.lengths = length_stats([len(x) for x in table["prompt_ids"]], [len(x) for x in table["chosen_ids"]],
-                                  [len(x) for x in table["rejected_ids"]])
+    table = table.select(kept).flatten_indices()
+    report.lengths = length_stats(*(pc.list_value_length(table.data.column(name)).to_pylist()
+                                    for name in ("prompt_ids", "chosen_ids", "rejected_ids")))
     return table, report, [wheres[i] for i in kept]
 
 
@@ -143,7 +145,6 @@ def _finish(table, extras: list[dict[str, Any]], annotator_ids: dict[str, int]):
 
 def load_preference_data(cfg: DictConfig, tokenizer, seed: int) -> PreferenceData:
     """Build the train and held-out sets that `cfg` (the `data` group) describes; log the validation report."""
-
     import datasets
 
     check_data_config(cfg)
@@ -163,8 +164,9 @@ def _assemble(cfg: DictConfig, parts: dict[str, list], caches: dict[str, set]) -
     splits, reports, wheres, extras = {}, {}, {}, {}
     for split in ("train", "eval"):
         splits[split], reports[split], wheres[split] = _build_split(parts[split], caches[split])
-        extras[split] = [json.loads(e) for e in splits[split]["extra"]] if splits[split] is not None else []
-        if split == "train" or splits[split] is not None:
+        extras[split] = [json.loads(e) for e in splits[split].data.column("extra").to_pylist()] \
+            if splits[split] is not None else []
+        if split == "train" or reports[split].rows:
             for line in reports[split].lines(split):
                 log.info(line)
     if cfg.get("strict"):
