@@ -133,3 +133,14 @@ def test_row_locations_follow_the_rows(tmp_path):
     data = load(write_jsonl(tmp_path / "w.jsonl", rows))
     assert [w.rsplit(" ", 1)[1] for w in data.wheres["train"]] == ["1", "2", "3"]
     assert json.loads(json.dumps(data.reports["train"].as_dict()))["kept"] == 3
+
+
+def test_folder_of_files_in_name_order(tmp_path):
+    folder = tmp_path / "prefs"
+    (folder / "sub").mkdir(parents=True)
+    write_jsonl(folder / "b.jsonl", [{"prompt": "Q", "chosen": " b", "rejected": " x"}])
+    (folder / "sub" / "a.json").write_text(json.dumps({"data": [{"prompt": "Q", "chosen": " a", "rejected": " x"}]}))
+    (folder / "notes.txt").write_text("not data")
+    data = load(folder)  # the helper puts the cache beside the folder, not inside it
+    assert [r["chosen_ids"] for r in data.train] == [ids(" b") + [EOS], ids(" a") + [EOS]]
+    assert data.wheres["train"][1] == f"{folder / 'sub' / 'a.json'} item 1"
