@@ -82,6 +82,9 @@ def validate(cfg: DictConfig) -> None:
     mpl = cfg.data.get("max_prompt_length")
     if mpl is not None and not 0 < mpl < cfg.data.max_length:
         raise ConfigError(f"data.max_prompt_length={mpl}: must be between 1 and data.max_length-1")
+    from po.data.options import check_data_config
+
+    check_data_config(cfg.data)
     loss = build_loss(cfg)
     strategy = cfg.reference.strategy
     if strategy not in {"auto", "model", "adapter", "none"}:

@@ -189,7 +189,7 @@ def plot(table: dict[str, dict[str, Any]], runs: list[Run], out_dir: Path, metri
             for r in members:
                 curve = r.curve()
                 if curve:
-                    ax.plot(*zip(*curve), label=f"{r.group} {next((o for o in r.overrides if o.startswith('seed=')), '')}")
+                    ax.plot(*zip(*curve), marker=".", label=f"{r.group} {next((o for o in r.overrides if o.startswith('seed=')), '')}")
             ax.set_title(f"training loss: {loss}")
             ax.set_xlabel("step")
             ax.legend(fontsize=6)

@@ -1,111 +1,186 @@
-"""Preference data: read rows, normalize to pairs, tokenize once, split, and report what was dropped."""
+"""Preference data: read rows, normalize to pairs, tokenize once (cached), split, mix, and report what was dropped.
+
+Flow: sources (po/data/sources.py) -> every row normalized and tokenized once per source (po/data/prepare.py, with
+po/data/formats.py and po/data/tokenize.py) -> train/eval split and mixture weights by row index -> validation
+report and length statistics (po/data/report.py) -> `datasets.Dataset`s of prompt_ids, chosen_ids, rejected_ids,
+row_id and carried columns (annotator, weight), batched by `PairCollator`.
+"""
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 from dataclasses import dataclass, field
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
 from po.data.collate import PairCollator
-from po.data.pairs import Pair, to_pair
+from po.data.options import Source, check_data_config, sources_of
+from po.data.pairs import Pair, to_pair  # noqa: F401  (re-exported for callers of the first version)
+from po.data.prepare import PairTokenizer, tokenize_source
+from po.data.report import DataReport, length_stats, strict_error
 from po.data.sources import read_rows
-from po.data.tokenize import tokenize_pair, truncate
+from po.data.tokenize import tokenize_pair, truncate  # noqa: F401  (re-exported)
 
 log = logging.getLogger(__name__)
 
-__all__ = ["PairCollator", "PreferenceData", "load_preference_data", "tokenize_rows"]
-
-
-@dataclass
-class DataReport:
-    """Counts of pairs kept and dropped, with the first offending rows, for the log and `summary.json`."""
-
-    rows: int = 0
-    kept: int = 0
-    dropped_length: list[str] = field(default_factory=list)
-    identical: list[str] = field(default_factory=list)
-
-    def lines(self, split: str) -> list[str]:
-        out = [f"data[{split}]: {self.kept} pairs kept of {self.rows} rows"]
-        for name, wheres in (("dropped: no response token fits max_length", self.dropped_length),
-                             ("dropped: chosen identical to rejected", self.identical)):
-            if wheres:
-                out.append(f"data[{split}]: {name}: {len(wheres)} (first: {', '.join(wheres[:3])})")
-        return out
-
-    def as_dict(self) -> dict[str, int]:
-        return {"rows": self.rows, "kept": self.kept, "dropped_length": len(self.dropped_length),
-                "identical": len(self.identical)}
+__all__ = ["DataReport", "PairCollator", "PreferenceData", "check_data_config", "load_preference_data",
+           "tokenize_rows"]
+INTERNAL_COLUMNS = ["status", "where", "truncated", "extra"]
 
 
 @dataclass
 class PreferenceData:
-    train: Any  # datasets.Dataset with prompt_ids, chosen_ids, rejected_ids, row_id
+    train: Any  # datasets.Dataset with prompt_ids, chosen_ids, rejected_ids, row_id (+ annotator, weight)
     eval: Any | None
     reports: dict[str, DataReport]
+    wheres: dict[str, list[str]] = field(default_factory=dict)  # split -> source location of each row_id
+    annotator_ids: dict[str, int] = field(default_factory=dict)  # annotator name -> id in the batch (if named)
 
 
 def tokenize_rows(pairs: list[Pair], tokenizer, max_length: int, max_prompt_length: int | None,
                   report: DataReport) -> list[dict[str, Any]]:
-    """Tokenize and truncate pairs, dropping (and counting) those with no room or identical responses."""
+    """Tokenize and truncate pairs in memory (no cache), dropping and counting those with no room or no difference."""
     out = []
     report.rows += len(pairs)
+    fn = PairTokenizer(tokenizer, max_length, max_prompt_length)
     for pair in tqdm(pairs, desc="tokenizing", disable=len(pairs) < 2000, leave=False):
-        tp = truncate(tokenize_pair(pair, tokenizer), max_length, max_prompt_length)
-        if tp is None:
-            report.dropped_length.append(pair.where)
+        result = fn({"status": "", "where": pair.where,
+                     "pair": json.dumps({"prompt": pair.prompt, "chosen": pair.chosen, "rejected": pair.rejected})})
+        if result.get("status"):
+            getattr(report, result["status"]).append(pair.where)
             continue
-        if tp.chosen_ids == tp.rejected_ids:
-            report.identical.append(pair.where)
-            continue
-        out.append({"prompt_ids": tp.prompt_ids, "chosen_ids": tp.chosen_ids, "rejected_ids": tp.rejected_ids,
-                    "row_id": len(out), **pair.extra})
+        if result["truncated"]:
+            report.truncated.append(pair.where)
+        out.append({"prompt_ids": result["prompt_ids"], "chosen_ids": result["chosen_ids"],
+                    "rejected_ids": result["rejected_ids"], "row_id": len(out), **pair.extra})
     report.kept += len(out)
     return out
 
 
+def _weighted(indices: list[int], weight: float, rng: random.Random) -> list[int]:
+    """Weight 1 = every row once, 0.5 = a random half, 2.5 = every row twice plus a random half."""
+    whole, frac = int(weight), weight - int(weight)
+    return indices * whole + sorted(rng.sample(indices, int(round(frac * len(indices)))))
+
+
+def _prepare(src: Source, rows, tokenizer, cfg: DictConfig):
+    return tokenize_source(rows, src.opts, tokenizer, cfg.max_length, cfg.get("max_prompt_length"),
+                           num_proc=cfg.get("num_proc"), cache_dir=cfg.get("cache_dir"),
+                           use_cache=cfg.get("cache", True))
+
+
+def _select_sources(cfg: DictConfig, tokenizer, seed: int) -> tuple[dict[str, list], dict[str, set]]:
+    """Per split, the (tokenized table, row indices) of every source, and the cache states seen."""
+    parts: dict[str, list] = {"train": [], "eval": []}
+    caches: dict[str, set] = {"train": set(), "eval": set()}
+    for src in sources_of(cfg):
+        rows = read_rows(src.path, src.name, src.split)
+        if src.max_rows:
+            rows = rows[: src.max_rows]
+        table, cache = _prepare(src, rows, tokenizer, cfg)
+        caches["train"].add(cache)
+        train_idx = list(range(len(table)))
+        if src.eval_path or src.eval_split:
+            eval_rows = read_rows(src.eval_path or src.path, src.name, src.eval_split or "train")
+            eval_table, eval_cache = _prepare(src, eval_rows, tokenizer, cfg)
+            parts["eval"].append((eval_table, list(range(len(eval_table)))))
+            caches["eval"].add(eval_cache)
+        elif src.eval_fraction > 0:
+            order = list(range(len(table)))
+            random.Random(seed).shuffle(order)
+            n_eval = max(1, int(round(len(table) * src.eval_fraction)))
+            held = set(order[:n_eval])
+            parts["eval"].append((table, [i for i in train_idx if i in held]))
+            train_idx = [i for i in train_idx if i not in held]
+            caches["eval"].add(cache)
+        parts["train"].append((table, _weighted(train_idx, src.weight, random.Random(seed))))
+    return parts, caches
+
+
+def _build_split(parts: list, cache_states: set) -> tuple[Any, DataReport, list[str]]:
+    """The kept rows of one split as a Dataset, its report, and each kept row's location."""
+    import datasets
+    import pyarrow.compute as pc
+
+    report = DataReport(cache="miss" if "miss" in cache_states else ("hit" if "hit" in cache_states else ""))
+    if not parts or not any(idx for _, idx in parts):
+        return None, report, []
+    table = datasets.concatenate_datasets([t.select(idx) for t, idx in parts if idx])
+    columns = table.select_columns(["status", "where", "truncated"]).to_dict()  # plain lists: fast to scan
+    status, wheres, truncated = columns["status"], columns["where"], columns["truncated"]
+    report.rows = len(table)
+    kept = []
+    for i, (s, where) in enumerate(zip(status, wheres)):
+        if s:
+            getattr(report, s).append(where)
+        else:
+            kept.append(i)
+            if truncated[i]:
+                report.truncated.append(where)
+    report.kept = len(kept)
+    if not kept:
+        return None, report, []
+    table = table.select(kept).flatten_indices()
+    report.lengths = length_stats(*(pc.list_value_length(table.data.column(name)).to_pylist()
+                                    for name in ("prompt_ids", "chosen_ids", "rejected_ids")))
+    return table, report, [wheres[i] for i in kept]
+
+
+def _finish(table, extras: list[dict[str, Any]], annotator_ids: dict[str, int]):
+    """Drop internal columns; add row_id and the carried columns (annotator as an integer id)."""
+    table = table.remove_columns(INTERNAL_COLUMNS).add_column("row_id", list(range(len(table))))
+    for key in sorted({k for e in extras for k in e}):
+        values = [e[key] for e in extras]
+        if key == "annotator" and annotator_ids:
+            values = [annotator_ids[str(v)] for v in values]
+        elif key == "weight":
+            values = [float(v) for v in values]
+        table = table.add_column(key, values)
+    return table
+
+
 def load_preference_data(cfg: DictConfig, tokenizer, seed: int) -> PreferenceData:
-    """Build the train and held-out sets that `cfg` (the `data` group) describes."""
+    """Build the train and held-out sets that `cfg` (the `data` group) describes; log the validation report."""
     import datasets
 
-    columns = OmegaConf.to_container(cfg.columns, resolve=True) if cfg.get("columns") else {}
-    extra = {k: v for k, v in (OmegaConf.to_container(cfg.get("extra_columns") or {}, resolve=True)).items() if v}
+    check_data_config(cfg)
+    parts, caches = _select_sources(cfg, tokenizer, seed)
+    bars = datasets.utils.are_progress_bars_disabled()
+    datasets.utils.disable_progress_bars()  # only the tokenizing bar is worth showing
+    try:
+        return _assemble(cfg, parts, caches)
+    finally:
+        if not bars:
+            datasets.utils.enable_progress_bars()
 
-    def pairs_of(rows):
-        return [to_pair(row, where, columns, extra) for row, where in rows]
 
-    train_rows = read_rows(cfg.path, cfg.get("name"), cfg.get("split", "train"))
-    if cfg.get("max_rows"):
-        train_rows = train_rows[: cfg.max_rows]
-    if cfg.get("eval_path") or cfg.get("eval_split"):
-        eval_rows = read_rows(cfg.get("eval_path") or cfg.path, cfg.get("name"), cfg.get("eval_split") or "train")
-    elif cfg.get("eval_fraction", 0) > 0:
-        order = list(range(len(train_rows)))
-        random.Random(seed).shuffle(order)
-        n_eval = max(1, int(round(len(train_rows) * cfg.eval_fraction)))
-        held = set(order[:n_eval])
-        eval_rows = [r for i, r in enumerate(train_rows) if i in held]
-        train_rows = [r for i, r in enumerate(train_rows) if i not in held]
-    else:
-        eval_rows = []
+def _assemble(cfg: DictConfig, parts: dict[str, list], caches: dict[str, set]) -> PreferenceData:
+    from po.errors import POError
 
-    reports = {"train": DataReport(), "eval": DataReport()}
-    splits = {}
-    for split, rows in (("train", train_rows), ("eval", eval_rows)):
-        if not rows:
-            splits[split] = None
-            continue
-        records = tokenize_rows(pairs_of(rows), tokenizer, cfg.max_length, cfg.get("max_prompt_length"),
-                                reports[split])
-        for line in reports[split].lines(split):
-            log.info(line)
-        splits[split] = datasets.Dataset.from_list(records) if records else None
+    splits, reports, wheres, extras = {}, {}, {}, {}
+    for split in ("train", "eval"):
+        splits[split], reports[split], wheres[split] = _build_split(parts[split], caches[split])
+        extras[split] = [json.loads(e) for e in splits[split].data.column("extra").to_pylist()] \
+            if splits[split] is not None else []
+        if split == "train" or reports[split].rows:
+            for line in reports[split].lines(split):
+                log.info(line)
+    if cfg.get("strict"):
+        error = strict_error(reports)
+        if error is not None:
+            raise error
+    names = {e["annotator"] for split in extras.values() for e in split if "annotator" in e}
+    annotator_ids = {} if all(isinstance(n, int) for n in names) else {
+        name: i for i, name in enumerate(sorted(str(n) for n in names))}
+    for split in ("train", "eval"):
+        if splits[split] is not None:
+            splits[split] = _finish(splits[split], extras[split], annotator_ids)
     if splits["train"] is None:
-        from po.errors import POError
+        where = cfg.get("path") or "data.mixture"
+        raise POError(f"data.path={where}: no usable training pairs left (see the data report above)")
+    return PreferenceData(splits["train"], splits["eval"], reports, wheres, annotator_ids)
 
-        raise POError(f"data.path={cfg.path}: no usable training pairs left (see the data report above)")
-    return PreferenceData(splits["train"], splits["eval"], reports)

@@ -26,9 +26,15 @@ def read_rows(path: str, name: str | None = None, split: str = "train") -> list[
         files = sorted(p for p in local.rglob("*") if p.suffix in SUFFIXES)
         if not files:
             raise POError(f"data.path={path}: the folder holds no {'/'.join(SUFFIXES)} files")
-        return [row for f in files for row in _read_file(f)]
+        rows = [row for f in files for row in _read_file(f)]
+        if not rows:
+            raise DataError(str(local), "the folder's files hold no rows; check data.path")
+        return rows
     if local.is_file():
-        return list(_read_file(local))
+        rows = list(_read_file(local))
+        if not rows:
+            raise DataError(str(local), "empty file: it holds no rows; check data.path")
+        return rows
     if local.suffix in SUFFIXES or path.startswith((".", "/", "~")):
         raise POError(f"data.path={path}: no such file or folder")
     return _read_hub(path, name, split)

@@ -1,8 +1,13 @@
-"""Tokenize a pair once: chat template rendered once, no doubled BOS/EOS, one EOS ending each response.
+"""Tokenize a pair once: chat template rendered once, one BOS at most, one end token ending each response.
 
-Strings: the prompt gets the tokenizer's own special tokens (BOS where it adds one); responses get none, plus EOS.
-Messages: the conversation is rendered by the chat template; the prompt part includes the assistant generation
-prompt, and the response is the rendered text that follows it (it already carries the template's end-of-turn).
+Strings: the prompt gets the tokenizer's own leading special tokens (BOS where it adds one, never a trailing EOS);
+responses get none, then EOS.
+Messages: the conversation is rendered by the chat template; the prompt part ends with the assistant generation
+prompt, and the response is the rendered text that follows it. It already ends with the template's end-of-turn
+special token (`<|eot_id|>`, `<|im_end|>`, `</s>`), so no EOS is added after it; if the template ends a turn with
+plain text, EOS is appended. Rendered text is tokenized without special tokens, so a BOS the template writes is
+not doubled; if the template writes none but the tokenizer normally adds one, it is prepended.
+An empty prompt still gets one start token (BOS, else EOS) so that the first response token has a context.
 """
 
 from __future__ import annotations
@@ -20,20 +25,47 @@ class TokenizedPair:
     rejected_ids: list[int]
 
 
-def tokenize_pair(pair: Pair, tokenizer) -> TokenizedPair:
+def leading_special_ids(tokenizer) -> list[int]:
+    """The ids the tokenizer puts before text with `add_special_tokens=True` (e.g. [BOS]; [] for Qwen2)."""
+    plain = tokenizer("a", add_special_tokens=False)["input_ids"]
+    full = tokenizer("a", add_special_tokens=True)["input_ids"]
+    for start in range(len(full) - len(plain) + 1):
+        if full[start:start + len(plain)] == plain:
+            return list(full[:start])
+    return []
+
+
+def end_of_turn_ids(tokenizer) -> set[int]:
+    """Special tokens that may end a rendered response: EOS and every added special token (end-of-turn markers)."""
+    ids = set(tokenizer.all_special_ids)
+    for token_id, added in getattr(tokenizer, "added_tokens_decoder", {}).items():
+        if getattr(added, "special", False):
+            ids.add(int(token_id))
+    for not_an_end in (tokenizer.bos_token_id, tokenizer.unk_token_id, tokenizer.pad_token_id):
+        if not_an_end != tokenizer.eos_token_id:
+            ids.discard(not_an_end)
+    return ids
+
+
+def tokenize_pair(pair: Pair, tokenizer, leading: list[int] | None = None) -> TokenizedPair:
+    """Prompt and response ids of `pair`; `leading` = `leading_special_ids(tokenizer)` (computed if None)."""
+    leading = leading_special_ids(tokenizer) if leading is None else leading
     if isinstance(pair.prompt, list) or isinstance(pair.chosen, list):
-        return _tokenize_chat(pair, tokenizer)
-    prompt_ids = tokenizer(pair.prompt, add_special_tokens=True)["input_ids"] if pair.prompt else _bos(tokenizer)
-    return TokenizedPair(prompt_ids, _response_ids(pair.chosen, tokenizer), _response_ids(pair.rejected, tokenizer))
+        tp = _tokenize_chat(pair, tokenizer, leading)
+    else:
+        prompt_ids = leading + tokenizer(pair.prompt, add_special_tokens=False)["input_ids"] if pair.prompt \
+            else list(leading)
+        tp = TokenizedPair(prompt_ids, _response_ids(pair.chosen, tokenizer), _response_ids(pair.rejected, tokenizer))
+    if not tp.prompt_ids:
+        start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+        tp.prompt_ids = [start] if start is not None else []
+    return tp
 
 
-def _bos(tokenizer) -> list[int]:
-    return [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
-
-
-def _response_ids(text: str, tokenizer) -> list[int]:
+def _response_ids(text: str, tokenizer, ends: set[int] | None = None) -> list[int]:
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    if tokenizer.eos_token_id is not None and (not ids or ids[-1] != tokenizer.eos_token_id):
+    ends = ends if ends is not None else {tokenizer.eos_token_id}
+    if tokenizer.eos_token_id is not None and (not ids or ids[-1] not in ends):
         ids.append(tokenizer.eos_token_id)
     return ids
 
@@ -42,23 +74,31 @@ def _as_messages(text: Text, role: str) -> list[dict[str, str]]:
     return text if isinstance(text, list) else [{"role": role, "content": text}]
 
 
-def _tokenize_chat(pair: Pair, tokenizer) -> TokenizedPair:
+def _tokenize_chat(pair: Pair, tokenizer, leading: list[int]) -> TokenizedPair:
     if getattr(tokenizer, "chat_template", None) is None:
         raise DataError(pair.where, "chat messages need a tokenizer with a chat template; this one has none")
-    prompt_msgs = _as_messages(pair.prompt, "user")
-    prompt_text = tokenizer.apply_chat_template(prompt_msgs, add_generation_prompt=True, tokenize=False)
+    prompt_msgs = _as_messages(pair.prompt, "user") if pair.prompt else []
+    prompt_text = _render(tokenizer, prompt_msgs, pair.where, add_generation_prompt=True)
+    ends = end_of_turn_ids(tokenizer)
     responses = []
     for role in ("chosen", "rejected"):
-        full = tokenizer.apply_chat_template(
-            prompt_msgs + _as_messages(getattr(pair, role), "assistant"), tokenize=False
-        )
+        full = _render(tokenizer, prompt_msgs + _as_messages(getattr(pair, role), "assistant"), pair.where)
         if not full.startswith(prompt_text):
             raise DataError(
                 pair.where, "the chat template renders the prompt differently inside the conversation", role
             )
-        responses.append(_response_ids(full[len(prompt_text):].rstrip(), tokenizer))
+        responses.append(_response_ids(full[len(prompt_text):].rstrip(), tokenizer, ends))
     prompt_ids = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
+    if leading and prompt_ids[:len(leading)] != leading:
+        prompt_ids = leading + prompt_ids
     return TokenizedPair(prompt_ids, *responses)
+
+
+def _render(tokenizer, messages: list[dict[str, str]], where: str, add_generation_prompt: bool = False) -> str:
+    try:
+        return tokenizer.apply_chat_template(messages, add_generation_prompt=add_generation_prompt, tokenize=False)
+    except Exception as exc:  # jinja's own errors (e.g. "roles must alternate") are one line; keep them
+        raise DataError(where, f"the chat template cannot render this row: {str(exc).splitlines()[0]}") from exc
 
 
 def truncate(tp: TokenizedPair, max_length: int, max_prompt_length: int | None) -> TokenizedPair | None:

@@ -1,0 +1,102 @@
+"""Chat templates applied once: one BOS, one end token per response, and the ids decode to the template's rendering.
+
+Three template styles are built offline (a tiny BPE from po.tokenizer with the special tokens and chat template of
+each family): Llama-3 (BOS in the template, <|eot_id|> ends turns), Qwen2 (no BOS, <|im_end|> ends turns,
+a default system turn), Mistral ([INST] ... [/INST], </s> after the answer), plus the shipped tiny tokenizer.
+"""
+
+from __future__ import annotations
+
+import pytest
+from tokenizers import processors
+
+from po.data.pairs import Pair
+from po.data.tokenize import tokenize_pair
+from po.tokenizer import build_tiny_tokenizer, load_tiny_tokenizer
+
+CORPUS = ["hello there, how are you today?", "the cat sat on the mat.", "Tell me about rivers.",
+          "Rivers flow to the sea.", "No."] * 4
+
+LLAMA3 = ("{{ bos_token }}{% for m in messages %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>\n\n"
+          "{{ m['content'] | trim }}<|eot_id|>{% endfor %}"
+          "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}")
+QWEN2 = ("{% for m in messages %}{% if loop.first and m['role'] != 'system' %}<|im_start|>system\n"
+         "You are a helpful assistant.<|im_end|>\n{% endif %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}"
+         "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+MISTRAL = ("{{ bos_token }}{% for m in messages %}{% if m['role'] == 'user' %}[INST] {{ m['content'] }} [/INST]"
+           "{% else %}{{ m['content'] }}{{ eos_token }}{% endif %}{% endfor %}")
+
+
+def styled_tokenizer(style: str):
+    """A tiny tokenizer with one family's special tokens, BOS behaviour and chat template."""
+    tok = build_tiny_tokenizer(CORPUS, vocab_size=320)
+    backend = tok.backend_tokenizer
+    if style == "llama3":
+        tok.add_special_tokens({"bos_token": "<|begin_of_text|>", "eos_token": "<|eot_id|>",
+                                "additional_special_tokens": ["<|start_header_id|>", "<|end_header_id|>"]})
+        backend.post_processor = processors.TemplateProcessing(
+            single="<|begin_of_text|> $A", special_tokens=[("<|begin_of_text|>", tok.bos_token_id)])
+        tok.chat_template = LLAMA3
+    elif style == "qwen2":
+        tok.add_special_tokens({"eos_token": "<|im_end|>", "pad_token": "<|endoftext|>",
+                                "additional_special_tokens": ["<|im_start|>"]})
+        tok.bos_token = None
+        backend.post_processor = processors.ByteLevel(trim_offsets=False)  # adds no special token
+        tok.chat_template = QWEN2
+    elif style == "mistral":
+        tok.chat_template = MISTRAL  # <s> / </s> from the tiny tokenizer, BOS added by the post-processor
+    return tok
+
+
+PROMPT = [{"role": "user", "content": "Tell me about rivers."}]
+CHOSEN = [{"role": "assistant", "content": "Rivers flow to the sea."}]
+REJECTED = [{"role": "assistant", "content": "No."}]
+
+
+@pytest.mark.parametrize("style", ["llama3", "qwen2", "mistral", "tiny"])
+def test_no_doubled_special_tokens(style):
+    tok = load_tiny_tokenizer() if style == "tiny" else styled_tokenizer(style)
+    tp = tokenize_pair(Pair(PROMPT, CHOSEN, REJECTED, "t"), tok)
+    bos, eos = tok.bos_token_id, tok.eos_token_id
+    if bos is None:  # Qwen2: no BOS anywhere
+        assert tok.convert_tokens_to_ids("<s>") not in tp.prompt_ids
+    else:
+        assert tp.prompt_ids[0] == bos and tp.prompt_ids.count(bos) == 1
+    for response, messages in ((tp.chosen_ids, CHOSEN), (tp.rejected_ids, REJECTED)):
+        assert response[-1] == eos and response.count(eos) == 1, tok.convert_ids_to_tokens(response)
+        # The ids are the template's rendering, applied once: nothing added, nothing lost.
+        rendered = tok.apply_chat_template(PROMPT + messages, tokenize=False)
+        assert tok.decode(tp.prompt_ids + response, skip_special_tokens=False) == rendered.rstrip()
+    assert eos not in tp.chosen_ids[:-1]
+    # The generation prompt belongs to the prompt part.
+    generation = tok.apply_chat_template(PROMPT, add_generation_prompt=True, tokenize=False)
+    assert tok.decode(tp.prompt_ids, skip_special_tokens=False) == generation
+
+
+def test_template_without_bos_gets_the_tokenizer_bos_once():
+    """A Llama-3 tokenizer whose template omits {{ bos_token }}: the tokenizer's usual BOS is prepended, once."""
+    tok = styled_tokenizer("llama3")
+    tok.chat_template = LLAMA3.replace("{{ bos_token }}", "")
+    tp = tokenize_pair(Pair(PROMPT, CHOSEN, REJECTED, "t"), tok)
+    assert tp.prompt_ids[0] == tok.bos_token_id and tp.prompt_ids.count(tok.bos_token_id) == 1
+
+
+def test_shipped_tokenizer_expected_ids():
+    """Issue 2: the shipped template gives <s><|user|>\\n...</s><|assistant|>\\n | answer</s>, ids checked literally."""
+    tok = load_tiny_tokenizer()
+    tp = tokenize_pair(Pair(PROMPT, CHOSEN, REJECTED, "t"), tok)
+    ids = lambda text: tok(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+    bos, eos, user, assistant = (tok.convert_tokens_to_ids(t) for t in ("<s>", "</s>", "<|user|>", "<|assistant|>"))
+    assert tp.prompt_ids == [bos, user] + ids("\nTell me about rivers.") + [eos, assistant] + ids("\n")
+    assert tp.chosen_ids == ids("Rivers flow to the sea.") + [eos]
+    assert tp.rejected_ids == ids("No.") + [eos]
+
+
+def test_string_pairs_get_bos_once_and_eos_per_response():
+    """Plain strings: the tokenizer's BOS before the prompt (never EOS after it), EOS after each response."""
+    for style in ("llama3", "qwen2"):
+        tok = styled_tokenizer(style)
+        tp = tokenize_pair(Pair("Tell me about rivers.", "Rivers flow.", "No.", "t"), tok)
+        plain = tok("Tell me about rivers.", add_special_tokens=False)["input_ids"]
+        assert tp.prompt_ids == ([tok.bos_token_id] if style == "llama3" else []) + plain
+        assert tp.chosen_ids == tok("Rivers flow.", add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
