@@ -14,6 +14,7 @@ import torch
 from transformers import Trainer, TrainerCallback
 
 from losses.base import PreferenceLoss
+from po.loss_params import LossGradSync, bind_loss_to_model, loss_param_groups
 from po.metrics import MetricAccumulator
 from po.step import ReferenceSource, pair_loss
 
@@ -25,8 +26,10 @@ class PreferenceTrainer(Trainer):
         self.loss_module = loss_module
         self.reference = reference
         self.logps_chunk_size = logps_chunk_size
+        bind_loss_to_model(self.loss_module, self.model)  # e.g. SparsePO's mask network, sized from the model
         self.loss_module.to(self.args.device)
         self.add_callback(_LossStepCallback(self.loss_module))
+        self.add_callback(LossGradSync(self.loss_module))
         self.model_accepts_loss_kwargs = False  # our loss is a mean over pairs: let the Trainer divide by GA
         self._metrics = {"train": MetricAccumulator(), "eval": MetricAccumulator()}
         self._last_log = time.perf_counter()
@@ -42,6 +45,15 @@ class PreferenceTrainer(Trainer):
         if model.training:
             self._local_train_tokens += tokens
         return (loss, out) if return_outputs else loss
+
+    def create_optimizer(self, *args, **kwargs):
+        """The Trainer's optimizer, plus the loss module's trainable parameters in their own group(s)."""
+        optimizer = super().create_optimizer(*args, **kwargs)
+        present = {id(p) for group in optimizer.param_groups for p in group["params"]}
+        for group in loss_param_groups(self.loss_module, self.args.weight_decay):
+            if not any(id(p) in present for p in group["params"]):
+                optimizer.add_param_group(group)
+        return optimizer
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         inputs = self._prepare_inputs(inputs)
