@@ -15,6 +15,7 @@ import hydra.utils
 from omegaconf import DictConfig, OmegaConf
 
 from po.errors import ConfigError
+from po.loss_params import loss_trains_parameters
 
 # Keys of the `trainer` group that are po's own, not transformers.TrainingArguments fields.
 PO_TRAINER_KEYS = {"logps_chunk_size"}
@@ -90,6 +91,14 @@ def validate(cfg: DictConfig) -> None:
     if strategy not in {"auto", "model", "adapter", "none"}:
         raise ConfigError(f"reference={strategy}: use one of auto, model, adapter, none")
     peft = cfg.peft.get("method", "none")
+    if strategy in {"cached", "none"} and "token_kl" in getattr(loss, "needs", ()):
+        raise ConfigError(f"reference={strategy} cannot serve {cfg.loss._target_}: it needs the live reference "
+                          "model's full logits (the token KL over the whole vocabulary) and hidden states at every "
+                          "step, which cached log-probs do not contain; use reference=auto (or model/adapter)")
+    if cfg.deepspeed.get("config") and loss_trains_parameters(loss):
+        raise ConfigError(f"{cfg.loss._target_} trains its own parameters (a learned mask network), which po does not "
+                          "yet hand to DeepSpeed's optimizer; use deepspeed=none (DDP via torchrun works) or "
+                          "loss.mask=activations / loss.mask=none")
     if strategy == "none" and loss.needs_reference:
         raise ConfigError(f"{cfg.loss._target_} needs reference log-probs; use reference=auto (or model/adapter), "
                           "or a reference-free loss such as loss=simpo")

@@ -10,6 +10,7 @@ from typing import Callable
 import torch
 
 from losses.base import LossOutput, PairBatch, PreferenceLoss
+from po.extras import needs_extras, pair_batch_with_extras
 from po.logprobs import response_masks, token_logps
 
 ReferenceSource = Callable[[torch.nn.Module, Callable[[torch.nn.Module], torch.Tensor]], torch.Tensor]
@@ -41,6 +42,9 @@ def build_pair_batch(policy: torch.Tensor, reference: torch.Tensor | None, mask:
 def pair_batch(model: torch.nn.Module, inputs: dict[str, torch.Tensor], loss: PreferenceLoss,
                reference: ReferenceSource | None, chunk_size: int = 256) -> PairBatch:
     """Run the policy once on chosen+rejected and get reference values if the loss needs them."""
+
+    if needs_extras(loss):  # token KL, hidden states, activations (SparsePO): po/extras.py
+        return pair_batch_with_extras(model, inputs, loss, reference, chunk_size, BATCH_EXTRAS)
 
     def compute(m: torch.nn.Module) -> torch.Tensor:
         return token_logps(m, inputs["input_ids"], inputs["attention_mask"], inputs["response_mask"], chunk_size)

@@ -15,6 +15,7 @@ from transformers import Trainer, TrainerCallback
 
 from losses.base import PreferenceLoss
 from po.evaluation import loss_independent_metrics
+from po.loss_params import LossGradSync, bind_loss_to_model, loss_param_groups
 from po.metrics import MetricAccumulator
 from po.step import ReferenceSource, pair_batch
 
@@ -26,8 +27,10 @@ class PreferenceTrainer(Trainer):
         self.loss_module = loss_module
         self.reference = reference
         self.logps_chunk_size = logps_chunk_size
+        bind_loss_to_model(self.loss_module, self.model)  # e.g. SparsePO's mask network, sized from the model
         self.loss_module.to(self.args.device)
         self.add_callback(_LossStepCallback(self.loss_module))
+        self.add_callback(LossGradSync(self.loss_module))
         self.model_accepts_loss_kwargs = False  # our loss is a mean over pairs: let the Trainer divide by GA
         self._metrics = {"train": MetricAccumulator(), "eval": MetricAccumulator()}
         self._last_log = time.perf_counter()
@@ -57,6 +60,15 @@ class PreferenceTrainer(Trainer):
             return super()._get_dataloader(dataset, description, batch_size, sampler_fn, is_training, dataloader_key)
         finally:
             self.args.dataloader_drop_last = True
+
+    def create_optimizer(self, *args, **kwargs):
+        """The Trainer's optimizer, plus the loss module's trainable parameters in their own group(s)."""
+        optimizer = super().create_optimizer(*args, **kwargs)
+        present = {id(p) for group in optimizer.param_groups for p in group["params"]}
+        for group in loss_param_groups(self.loss_module, self.args.weight_decay):
+            if not any(id(p) in present for p in group["params"]):
+                optimizer.add_param_group(group)
+        return optimizer
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         inputs = self._prepare_inputs(inputs)
