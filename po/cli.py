@@ -21,6 +21,7 @@ from omegaconf import DictConfig
 
 from po.config import conf_dir
 from po.errors import POError
+from po.preemption import TrainingPreempted
 
 log = logging.getLogger("po")
 
@@ -32,6 +33,11 @@ def _main(cfg: DictConfig) -> float | None:
     hydra_cfg = HydraConfig.get()
     try:
         summary = train(cfg, Path(hydra_cfg.runtime.output_dir))
+    except TrainingPreempted as exc:  # a checkpoint is saved: exit 0 so a requeued job resumes from it
+        print(f"po-train: preempted: {exc}", file=sys.stderr)
+        if hydra_cfg.mode == RunMode.MULTIRUN:
+            return None
+        sys.exit(0)
     except POError as exc:
         if hydra_cfg.mode == RunMode.MULTIRUN:
             raise  # the sweep records this run as failed and goes on with the others
