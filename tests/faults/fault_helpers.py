@@ -109,3 +109,35 @@ def assert_same_losses(run_dir: Path) -> None:
     assert steps == sorted(ref), f"steps {steps} != uninterrupted {sorted(ref)}"
     for step, loss in got:
         assert abs(loss - ref[step]) <= TOL, f"step {step}: loss {loss} != uninterrupted {ref[step]}"
+
+
+SAVE_EVERY_3 = ["trainer.save_strategy=steps", "trainer.save_steps=3"]
+
+
+@functools.cache
+def finished_run() -> Path:
+    """An in-process run of JOB with checkpoints at steps 3, 6, 9, 12 (tests copy it before changing anything)."""
+    from conftest import run_train
+
+    run_dir = Path(tempfile.mkdtemp(prefix="po-faults-finished-")) / "run"
+    run_train(run_dir, JOB + SAVE_EVERY_3)
+    return run_dir
+
+
+def crashed_copy(dest: Path) -> Path:
+    """A copy of `finished_run()` as a job killed after its last checkpoint: no summary, no final model."""
+    import shutil
+
+    shutil.copytree(finished_run(), dest)
+    (dest / "summary.json").unlink()
+    shutil.rmtree(dest / "model")
+    return dest
+
+
+def assert_same_losses_in_process(run_dir: Path) -> None:
+    """Like `assert_same_losses`, against the in-process `finished_run()` (same process, same threads)."""
+    got, ref = loss_steps(run_dir), dict(loss_steps(finished_run()))
+    steps = [s for s, _ in got]
+    assert steps == sorted(ref), f"steps {steps} != uninterrupted {sorted(ref)}"
+    for step, loss in got:
+        assert abs(loss - ref[step]) <= TOL, f"step {step}: loss {loss} != uninterrupted {ref[step]}"
