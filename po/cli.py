@@ -21,6 +21,7 @@ from omegaconf import DictConfig
 
 from po.config import conf_dir
 from po.errors import POError
+from po.preemption import TrainingPreempted
 
 log = logging.getLogger("po")
 
@@ -33,6 +34,11 @@ def _main(cfg: DictConfig) -> float | None:
     run_dir = Path(hydra_cfg.runtime.output_dir)
     try:
         summary = train(cfg, run_dir)
+    except TrainingPreempted as exc:  # a checkpoint is saved: exit 0 so a requeued job resumes from it
+        print(f"po-train: preempted: {exc}", file=sys.stderr)
+        if hydra_cfg.mode == RunMode.MULTIRUN:
+            return None
+        sys.exit(0)
     except Exception as exc:
         if hydra_cfg.mode == RunMode.MULTIRUN:  # leave the reason where po-report finds it, then let Hydra
             run_dir.mkdir(parents=True, exist_ok=True)  # record the failure and go on with the other runs

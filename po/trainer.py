@@ -17,10 +17,11 @@ from losses.base import PreferenceLoss
 from po.evaluation import loss_independent_metrics
 from po.loss_params import LossGradSync, bind_loss_to_model, loss_param_groups
 from po.metrics import MetricAccumulator
+from po.reliable import ReliableTrainerMixin
 from po.step import ReferenceSource, pair_batch
 
 
-class PreferenceTrainer(Trainer):
+class PreferenceTrainer(ReliableTrainerMixin, Trainer):
     def __init__(self, *args, loss_module: PreferenceLoss, reference: ReferenceSource | None = None,
                  logps_chunk_size: int = 256, **kwargs):
         super().__init__(*args, **kwargs)
