@@ -10,6 +10,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
+from po.annotators import index_annotators
 from po.data.collate import PairCollator
 from po.data.pairs import Pair, to_pair
 from po.data.sources import read_rows
@@ -47,6 +48,7 @@ class PreferenceData:
     train: Any  # datasets.Dataset with prompt_ids, chosen_ids, rejected_ids, row_id
     eval: Any | None
     reports: dict[str, DataReport]
+    annotators: dict[str, int] | None = None  # annotator id -> index (from the training split), when carried
 
 
 def tokenize_rows(pairs: list[Pair], tokenizer, max_length: int, max_prompt_length: int | None,
@@ -95,12 +97,14 @@ def load_preference_data(cfg: DictConfig, tokenizer, seed: int) -> PreferenceDat
 
     reports = {"train": DataReport(), "eval": DataReport()}
     splits = {}
+    annotators = None
     for split, rows in (("train", train_rows), ("eval", eval_rows)):
         if not rows:
             splits[split] = None
             continue
         records = tokenize_rows(pairs_of(rows), tokenizer, cfg.max_length, cfg.get("max_prompt_length"),
                                 reports[split])
+        annotators = index_annotators(records, annotators)
         for line in reports[split].lines(split):
             log.info(line)
         splits[split] = datasets.Dataset.from_list(records) if records else None
@@ -108,4 +112,4 @@ def load_preference_data(cfg: DictConfig, tokenizer, seed: int) -> PreferenceDat
         from po.errors import POError
 
         raise POError(f"data.path={cfg.path}: no usable training pairs left (see the data report above)")
-    return PreferenceData(splits["train"], splits["eval"], reports)
+    return PreferenceData(splits["train"], splits["eval"], reports, annotators)
