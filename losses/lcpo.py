@@ -46,6 +46,16 @@ ETA_MIN, ETA_MAX = 1e-4, 1 - 1e-4
 UNSEEN_ANNOTATOR = -1
 
 
+def e_step(delta: torch.Tensor, eta: torch.Tensor) -> torch.Tensor:
+    """Posterior that each label is right: `sigmoid(stopgrad(Delta) + logit(eta))`, computed in float64."""
+    return torch.sigmoid(delta.detach().double() + torch.logit(eta.double())).to(delta.dtype)
+
+
+def m_step(delta: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """Policy loss per pair: `w*softplus(-Delta) + (1-w)*softplus(Delta)` (w is a constant here)."""
+    return w * F.softplus(-delta) + (1 - w) * F.softplus(delta)
+
+
 class LCPOWeighting(PreferenceLoss):
     """Wraps `loss` with per-pair label-reliability weights learned by EM (see the module docstring)."""
 
@@ -105,14 +115,17 @@ class LCPOWeighting(PreferenceLoss):
         table = torch.cat([self.eta, self.eta.mean().view(1)])  # index -1 picks the mean
         return table[index]
 
-    def forward(self, batch: PairBatch) -> LossOutput:
+    def evaluate_both(self, batch: PairBatch) -> tuple[LossOutput, torch.Tensor]:
+        """The base loss as labelled, and `Delta = L_swap - L_orig` (order-dependent parts only)."""
         orig = self.base(batch)
         swap = self.base(batch.swapped())
-        delta = swap.preference - orig.preference
+        return orig, swap.preference - orig.preference
+
+    def forward(self, batch: PairBatch) -> LossOutput:
+        orig, delta = self.evaluate_both(batch)
         index = self.annotator_index(batch)
-        eta = self.pair_eta(index, delta.shape[0]).to(delta.device)
-        w = torch.sigmoid(delta.detach().double() + torch.logit(eta)).to(delta.dtype)
-        per_pair = w * F.softplus(-delta) + (1 - w) * F.softplus(delta)
+        w = e_step(delta, self.pair_eta(index, delta.shape[0]).to(delta.device))
+        per_pair = m_step(delta, w)
         if orig.penalty is not None:
             per_pair = per_pair + orig.penalty
         if self.training and torch.is_grad_enabled():
