@@ -3,7 +3,9 @@
 Run (from the repository root, ~10 minutes on one CPU core for the full grid):
     PYTHONPATH=. python recipes/lcpo_noise_study.py --out runs/lcpo_noise
     PYTHONPATH=. python recipes/lcpo_noise_study.py --out runs/q --flips 0.3 --regimes stream --steps 150
-Writes OUT/results.json, OUT/table.md and OUT/lcpo_noise.png.
+    PYTHONPATH=. python recipes/lcpo_noise_study.py --out runs/all --merge runs/a/results.json runs/b/results.json
+Writes OUT/results.json, OUT/table.md and OUT/lcpo_noise.png (`--merge` only redraws them from earlier results, e.g.
+of regimes run as separate processes).
 
 Data: token-level pairs with a ground-truth rule a tiny model learns: a good response (8 tokens) contains two
 "marked" tokens from a fixed set of 16, a bad one contains none; prompts are 8 random filler tokens. A known
@@ -201,11 +203,12 @@ def main() -> None:
     parser.add_argument("--bases", default=None, help="comma list from: " + ", ".join(BASE_LOSSES))
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--merge", nargs="*", type=Path, default=None, help="results.json files to combine")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     bases = args.bases.split(",") if args.bases else available_bases()
-    results = []
-    for regime in args.regimes.split(","):
+    results = [r for path in args.merge or [] for r in json.loads(path.read_text())]
+    for regime in args.regimes.split(",") if args.merge is None else []:
         for base in bases:
             for flip in (float(f) for f in args.flips.split(",")):
                 for lcpo in (False, True):
