@@ -14,6 +14,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from transformers import TrainingArguments, set_seed
 
+from po.annotators import configure_weighting, use_annotator_column
 from po.callbacks import MetricsJsonl
 from po.config import build_loss, trainer_kwargs, validate
 from po.data import PairCollator, load_preference_data
@@ -40,7 +41,9 @@ def build_trainer(cfg: DictConfig, run_dir: Path) -> tuple[PreferenceTrainer, An
     """Everything up to `trainer.train()`; returns the trainer, the tokenizer and facts for the summary."""
     set_seed(cfg.seed)
     tokenizer = load_tokenizer(cfg.model)
+    use_annotator_column(cfg)
     data = load_preference_data(cfg.data, tokenizer, cfg.seed)
+    configure_weighting(cfg, data.annotators, run_dir)
     loss = build_loss(cfg)
     strategy = resolve_strategy(cfg.reference.strategy, loss.needs_reference, cfg.peft.get("method", "none"))
     args = training_arguments(cfg, run_dir)
@@ -73,6 +76,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path) -> tuple[PreferenceTrainer, An
 
 def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """Run the configured job into `run_dir`; return (and write) the summary."""
+    use_annotator_column(cfg)
     validate(cfg)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)

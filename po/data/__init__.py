@@ -17,6 +17,7 @@ from typing import Any
 from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
+from po.annotators import UNSEEN
 from po.data.collate import PairCollator
 from po.data.options import Source, check_data_config, sources_of
 from po.data.pairs import Pair, to_pair  # noqa: F401  (re-exported for callers of the first version)
@@ -38,7 +39,13 @@ class PreferenceData:
     eval: Any | None
     reports: dict[str, DataReport]
     wheres: dict[str, list[str]] = field(default_factory=dict)  # split -> source location of each row_id
-    annotator_ids: dict[str, int] = field(default_factory=dict)  # annotator name -> id in the batch (if named)
+    # annotator id (as a string) -> index 0..K-1, from the training split (sorted), when an annotator column is
+    # carried; held-out ids the training split never had become -1 (LCPO then uses the mean reliability).
+    annotator_ids: dict[str, int] | None = None
+
+    @property
+    def annotators(self) -> dict[str, int] | None:
+        return self.annotator_ids
 
 
 def tokenize_rows(pairs: list[Pair], tokenizer, max_length: int, max_prompt_length: int | None,
@@ -130,13 +137,13 @@ def _build_split(parts: list, cache_states: set) -> tuple[Any, DataReport, list[
     return table, report, [wheres[i] for i in kept]
 
 
-def _finish(table, extras: list[dict[str, Any]], annotator_ids: dict[str, int]):
+def _finish(table, extras: list[dict[str, Any]], annotator_ids: dict[str, int] | None):
     """Drop internal columns; add row_id and the carried columns (annotator as an integer id)."""
     table = table.remove_columns(INTERNAL_COLUMNS).add_column("row_id", list(range(len(table))))
     for key in sorted({k for e in extras for k in e}):
         values = [e[key] for e in extras]
-        if key == "annotator" and annotator_ids:
-            values = [annotator_ids[str(v)] for v in values]
+        if key == "annotator" and annotator_ids is not None:
+            values = [annotator_ids.get(str(v), UNSEEN) for v in values]
         elif key == "weight":
             values = [float(v) for v in values]
         table = table.add_column(key, values)
@@ -173,9 +180,10 @@ def _assemble(cfg: DictConfig, parts: dict[str, list], caches: dict[str, set]) -
         error = strict_error(reports)
         if error is not None:
             raise error
-    names = {e["annotator"] for split in extras.values() for e in split if "annotator" in e}
-    annotator_ids = {} if all(isinstance(n, int) for n in names) else {
-        name: i for i, name in enumerate(sorted(str(n) for n in names))}
+    annotator_ids = None
+    if any("annotator" in e for e in extras["train"]):
+        names = sorted({str(e["annotator"]) for e in extras["train"]})
+        annotator_ids = {name: i for i, name in enumerate(names)}
     for split in ("train", "eval"):
         if splits[split] is not None:
             splits[split] = _finish(splits[split], extras[split], annotator_ids)
