@@ -35,22 +35,25 @@ def run_once(loss: str, run_dir: Path, extra: list[str]) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--losses", nargs="+", default=["dpo", "simpo"])
-    parser.add_argument("--repeats", type=int, default=1, help="runs per loss (median reported)")
+    parser.add_argument("--repeats", type=int, default=1, help="runs per loss, interleaved (median and range reported)")
     parser.add_argument("overrides", nargs="*", help="po-train overrides applied to every run (after --)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        print(f"{'loss':8s} {'tokens/s':>10s} {'pairs/s':>9s} {'wall s':>7s} {'models':>6s} {'reference':>9s} "
-              f"{'eval acc':>8s}")
-        for loss in args.losses:
-            runs = [run_once(loss, Path(tmp) / f"{loss}-{i}", args.overrides) for i in range(args.repeats)]
-            tps = statistics.median(r["tokens_per_second"] for r in runs)
-            pps = statistics.median(r["pairs_per_second"] or 0.0 for r in runs)
-            wall = statistics.median(r["wall_time_s"] for r in runs)
-            last = runs[-1]
-            acc = last["eval"].get("eval_rewards/accuracies", float("nan"))
-            print(f"{loss:8s} {tps:10.0f} {pps:9.1f} {wall:7.1f} {last['models_loaded']:6d} {last['reference']:>9s} "
-                  f"{acc:8.3f}")
-
+        runs: dict[str, list[dict]] = {loss: [] for loss in args.losses}
+        for i in range(args.repeats):  # interleaved, so that a busy machine slows every loss alike
+            for loss in args.losses:
+                runs[loss].append(run_once(loss, Path(tmp) / f"{loss}-{i}", args.overrides))
+    print(f"{'loss':8s} {'tokens/s (median, min-max)':>28s} {'pairs/s':>8s} {'wall s':>7s} {'models':>6s} "
+          f"{'reference':>9s} {'eval acc':>8s}")
+    for loss, done in runs.items():
+        tps = sorted(r["tokens_per_second"] for r in done)
+        pps = statistics.median(r["pairs_per_second"] or 0.0 for r in done)
+        wall = statistics.median(r["wall_time_s"] for r in done)
+        last = done[-1]
+        acc = last["eval"].get("eval_rewards/accuracies", float("nan"))
+        spread = f"{statistics.median(tps):.0f} ({tps[0]:.0f}-{tps[-1]:.0f})"
+        print(f"{loss:8s} {spread:>28s} {pps:8.1f} {wall:7.1f} {last['models_loaded']:6d} {last['reference']:>9s} "
+              f"{acc:8.3f}")
 
 if __name__ == "__main__":
     main()
