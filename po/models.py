@@ -66,9 +66,18 @@ def build_tiny_model(cfg: DictConfig, tokenizer, seed: int) -> PreTrainedModel:
     )
     if cfg.get("attn_implementation"):
         config._attn_implementation = cfg.attn_implementation
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = AutoModelForCausalLM.from_config(config, dtype=torch_dtype(cfg.dtype))
+    def build() -> PreTrainedModel:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return AutoModelForCausalLM.from_config(config, dtype=torch_dtype(cfg.dtype))
+
+    model = build()
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    if is_deepspeed_zero3_enabled():  # same seed, same weights with or without ZeRO-3
+        from po.zero import copy_plain_init
+
+        copy_plain_init(model, build)
     return model
 
 

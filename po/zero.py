@@ -74,3 +74,25 @@ def evaluate_at_train_begin(trainer) -> dict:
 
     trainer.add_callback(_EvaluateOnce())
     return metrics
+
+
+def copy_plain_init(model: torch.nn.Module, build) -> None:
+    """Give a model built under ZeRO-3's `zero.Init` the weights `build()` gives without DeepSpeed.
+
+    transformers initializes weights differently under `zero.Init` (after partitioning, module by module), so a
+    seeded tiny model would start elsewhere than the same run without DeepSpeed. For models built from a config
+    (small by construction) the plain build is made once and copied into the shards.
+    """
+    import deepspeed
+    from transformers.integrations import deepspeed as hf_deepspeed
+
+    ds_config = hf_deepspeed._hf_deepspeed_config_weak_ref()
+    hf_deepspeed.unset_hf_deepspeed_config()
+    try:
+        plain = build()
+    finally:
+        hf_deepspeed.set_hf_deepspeed_config(ds_config)
+    state = plain.state_dict()
+    for name, param in model.named_parameters():
+        with deepspeed.zero.GatheredParameters([param], modifier_rank=0):
+            param.data.copy_(state[name])
