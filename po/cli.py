@@ -52,6 +52,13 @@ def _main(cfg: DictConfig) -> float | None:
 
 
 def main() -> None:
+    from po.distributed import require_pinned_run_dir
+
+    try:
+        require_pinned_run_dir(sys.argv[1:])
+    except POError as exc:
+        print(f"po-train: error: {exc}", file=sys.stderr)
+        sys.exit(2)
     _main()
 
 

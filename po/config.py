@@ -104,3 +104,6 @@ def validate(cfg: DictConfig) -> None:
                           "or a reference-free loss such as loss=simpo")
     if strategy == "adapter" and peft == "none":
         raise ConfigError("reference=adapter needs a PEFT policy (peft=lora or peft=qlora); use reference=model")
+    from po.peft import validate_peft
+
+    validate_peft(cfg)

@@ -66,19 +66,31 @@ def build_tiny_model(cfg: DictConfig, tokenizer, seed: int) -> PreTrainedModel:
     )
     if cfg.get("attn_implementation"):
         config._attn_implementation = cfg.attn_implementation
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = AutoModelForCausalLM.from_config(config, dtype=torch_dtype(cfg.dtype))
+    def build() -> PreTrainedModel:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return AutoModelForCausalLM.from_config(config, dtype=torch_dtype(cfg.dtype))
+
+    model = build()
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    if is_deepspeed_zero3_enabled():  # same seed, same weights with or without ZeRO-3
+        from po.zero import copy_plain_init
+
+        copy_plain_init(model, build)
     return model
 
 
-def load_policy(cfg: DictConfig, tokenizer, seed: int) -> PreTrainedModel:
-    """The policy model as the `model` group describes it (PEFT is applied later, in `po.peft`)."""
+def load_policy(cfg: DictConfig, tokenizer, seed: int, **load_kwargs) -> PreTrainedModel:
+    """The policy model as the `model` group describes it (PEFT is applied later, in `po.peft`).
+
+    `load_kwargs` go to `from_pretrained` (e.g. the 4-bit `quantization_config` of `peft=qlora`).
+    """
     if cfg.kind == "tiny":
         model = build_tiny_model(cfg, tokenizer, seed)
     else:
         kwargs = {"dtype": torch_dtype(cfg.dtype), "revision": cfg.get("revision"),
-                  "trust_remote_code": cfg.get("trust_remote_code", False)}
+                  "trust_remote_code": cfg.get("trust_remote_code", False), **load_kwargs}
         if cfg.get("attn_implementation"):
             kwargs["attn_implementation"] = cfg.attn_implementation
         try:
@@ -101,4 +113,4 @@ def load_reference(cfg: DictConfig, tokenizer, seed: int, policy: PreTrainedMode
 
 
 def count_parameters(model: torch.nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
+    return sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())  # ds_numel: full size under ZeRO-3

@@ -21,7 +21,8 @@ class FrozenModelReference:
     """A frozen copy of the starting policy, in eval mode, run under `no_grad`."""
 
     def __init__(self, model: torch.nn.Module):
-        self.model = model.eval().requires_grad_(False)
+        model.eval()  # a DeepSpeed engine's eval() returns None: do not chain
+        self.model = model.requires_grad_(False)
 
     def __call__(self, policy: torch.nn.Module, compute: Compute) -> torch.Tensor:
         with torch.no_grad():

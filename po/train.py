@@ -18,12 +18,15 @@ from po.annotators import configure_weighting, use_annotator_column
 from po.callbacks import MetricsJsonl
 from po.config import build_loss, trainer_kwargs, validate
 from po.data import PairCollator, load_preference_data
+from po.distributed import deepspeed_cpu_state, is_main_process
 from po.models import count_parameters, load_policy, load_reference, load_tokenizer
+from po.peft import apply_peft, export_model, quantization_kwargs
 from po.provenance import git_commit, package_versions
 from po.reference import AdapterReference, FrozenModelReference, resolve_strategy
 from po.reliable import ReliabilitySettings
 from po.rundir import eval_before_from_metrics, prepare_run_dir
 from po.trainer import PreferenceTrainer
+from po.zero import evaluate_at_train_begin, prepare_reference
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +37,7 @@ def training_arguments(cfg: DictConfig, run_dir: Path) -> TrainingArguments:
                   data_seed=cfg.seed)
     if cfg.deepspeed.get("config"):
         kwargs["deepspeed"] = OmegaConf.to_container(cfg.deepspeed.config, resolve=True)
+        kwargs.update(deepspeed_cpu_state(cfg))  # DeepSpeed on a CPU machine: gloo (DS_ACCELERATOR=cpu)
     return TrainingArguments(**kwargs)
 
 
@@ -47,7 +51,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path) -> tuple[PreferenceTrainer, An
     loss = build_loss(cfg)
     strategy = resolve_strategy(cfg.reference.strategy, loss.needs_reference, cfg.peft.get("method", "none"))
     args = training_arguments(cfg, run_dir)
-    policy = load_policy(cfg.model, tokenizer, cfg.seed)
+    policy = apply_peft(load_policy(cfg.model, tokenizer, cfg.seed, **quantization_kwargs(cfg)), cfg)
     reference = None
     if strategy == "model":
         reference = FrozenModelReference(load_reference(cfg.model, tokenizer, cfg.seed, policy).to(args.device))
@@ -61,6 +65,8 @@ def build_trainer(cfg: DictConfig, run_dir: Path) -> tuple[PreferenceTrainer, An
     )
     trainer.reliability = ReliabilitySettings(cfg.trainer.get("max_bad_steps", 10),
                                               cfg.trainer.get("checkpoint_checksums", True))
+    if isinstance(reference, FrozenModelReference):  # ZeRO-3: shard the reference like the policy
+        trainer.reference = FrozenModelReference(prepare_reference(reference.model, trainer))
     facts = {
         "reference": strategy,
         "models_loaded": 1 + (strategy == "model"),
@@ -81,19 +87,24 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     resume = prepare_run_dir(cfg, run_dir)  # fresh, resume or refuse (trainer.resume / trainer.overwrite)
-    (run_dir / "resolved_config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    if is_main_process():
+        (run_dir / "resolved_config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     trainer, tokenizer, facts = build_trainer(cfg, run_dir)
     has_eval = trainer.eval_dataset is not None
-    before = trainer.evaluate() if has_eval and cfg.eval.before_training and resume is None else {}
+    before = {}
     if resume is not None:  # evaluated at the first start: metrics.jsonl keeps it
         before = eval_before_from_metrics(run_dir)
+    elif has_eval and cfg.eval.before_training and trainer.is_deepspeed_enabled:
+        before = evaluate_at_train_begin(trainer)  # filled once DeepSpeed's training engine exists
+    elif has_eval and cfg.eval.before_training:
+        before = trainer.evaluate()
     start = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=resume)
     wall = time.perf_counter() - start
     after = trainer.evaluate() if has_eval else {}
     if has_eval and cfg.eval.generate:
         after.update(_generation(cfg, trainer, tokenizer, run_dir))
-    trainer.save_model(str(run_dir / "model"))
+    facts.update(export_model(trainer, cfg, run_dir / "model"))
     summary = {
         "steps": trainer.state.global_step,
         "wall_time_s": round(wall, 2),

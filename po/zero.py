@@ -1,0 +1,98 @@
+"""DeepSpeed ZeRO helpers: a sharded frozen reference model, and what ZeRO changes around the trainer.
+
+Under ZeRO-3 the policy is sharded by the Trainer; a plain frozen reference would be a full copy on every rank.
+`prepare_reference` wraps it in its own DeepSpeed engine (the training config minus optimizer and offloaded
+optimizer state), so its weights are sharded the same way and gathered layer by layer during its forward pass.
+Under ZeRO-1/2 every rank holds full weights anyway, so the reference stays a plain module in the run's dtype.
+(The module is not named `deepspeed.py` so that it can never shadow the `deepspeed` package.)
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+
+import torch
+
+log = logging.getLogger(__name__)
+
+
+def zero_stage(trainer) -> int:
+    """The ZeRO stage of the trainer's DeepSpeed config; 0 without DeepSpeed."""
+    if not getattr(trainer, "is_deepspeed_enabled", False):
+        return 0
+    return int(trainer.accelerator.state.deepspeed_plugin.deepspeed_config.get("zero_optimization", {})
+               .get("stage", 0))
+
+
+def inference_config(train_config: dict, model: torch.nn.Module) -> dict:
+    """The training DeepSpeed config for a frozen model: no optimizer or schedule, model-size `auto`s filled."""
+    config = copy.deepcopy(train_config)
+    for key in ("optimizer", "scheduler"):
+        config.pop(key, None)
+    zero = config.setdefault("zero_optimization", {})
+    zero.pop("offload_optimizer", None)
+    hidden = getattr(model.config.get_text_config(), "hidden_size", None)
+    sized = {"reduce_bucket_size": lambda h: h * h, "stage3_prefetch_bucket_size": lambda h: int(0.9 * h * h),
+             "stage3_param_persistence_threshold": lambda h: 10 * h}
+    for key, value in sized.items():
+        if zero.get(key) == "auto":
+            if hidden is None:
+                raise ValueError(f"zero_optimization.{key}=auto needs the model's hidden_size; set a number")
+            zero[key] = value(hidden)
+    return config
+
+
+def prepare_reference(model: torch.nn.Module, trainer) -> torch.nn.Module:
+    """The frozen reference as the trainer's DeepSpeed setup wants it: a ZeRO-3 inference engine, else as is."""
+    if zero_stage(trainer) != 3:
+        return model
+    import deepspeed
+
+    config = inference_config(trainer.accelerator.state.deepspeed_plugin.deepspeed_config, model)
+    engine, *_ = deepspeed.initialize(model=model, config=config)
+    log.info("reference model: DeepSpeed ZeRO-3 inference engine (sharded over %d ranks)", trainer.args.world_size)
+    engine.eval()
+    return engine
+
+
+def evaluate_at_train_begin(trainer) -> dict:
+    """Schedule the before-training evaluation for when the DeepSpeed training engine exists.
+
+    Evaluating before `train()` would make the Trainer build a separate DeepSpeed inference engine for the policy
+    (ZeRO-3 only; ZeRO-1/2 refuse) that `train()` then keeps instead of its training engine. Returns a dict that
+    is filled with the eval metrics as training starts.
+    """
+    from transformers import TrainerCallback
+
+    metrics: dict = {}
+
+    class _EvaluateOnce(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            if not metrics:
+                metrics.update(trainer.evaluate())
+
+    trainer.add_callback(_EvaluateOnce())
+    return metrics
+
+
+def copy_plain_init(model: torch.nn.Module, build) -> None:
+    """Give a model built under ZeRO-3's `zero.Init` the weights `build()` gives without DeepSpeed.
+
+    transformers initializes weights differently under `zero.Init` (after partitioning, module by module), so a
+    seeded tiny model would start elsewhere than the same run without DeepSpeed. For models built from a config
+    (small by construction) the plain build is made once and copied into the shards.
+    """
+    import deepspeed
+    from transformers.integrations import deepspeed as hf_deepspeed
+
+    ds_config = hf_deepspeed._hf_deepspeed_config_weak_ref()
+    hf_deepspeed.unset_hf_deepspeed_config()
+    try:
+        plain = build()
+    finally:
+        hf_deepspeed.set_hf_deepspeed_config(ds_config)
+    state = plain.state_dict()
+    for name, param in model.named_parameters():
+        with deepspeed.zero.GatheredParameters([param], modifier_rank=0):
+            param.data.copy_(state[name])
