@@ -25,6 +25,7 @@ OPTIONS = list(group_options(conf_dir()))
 NEEDS = {  # options that need a value or a machine the tests do not have
     ("model", "hf"): ["model.name_or_path=some/model"],
     ("data", "jsonl"): ["data.path=some.jsonl"],
+    ("data", "mixture"): ["data.mixture=[{path: some.jsonl, weight: 1}]"],
 }
 
 
