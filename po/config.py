@@ -18,6 +18,7 @@ from po.errors import ConfigError
 
 # Keys of the `trainer` group that are po's own, not transformers.TrainingArguments fields.
 PO_TRAINER_KEYS = {"logps_chunk_size"}
+PO_TRAINER_KEYS |= {"packing"}  # po.packing: one row per pair
 
 
 def conf_dir() -> Path:

@@ -18,6 +18,7 @@ from po.callbacks import MetricsJsonl
 from po.config import build_loss, trainer_kwargs, validate
 from po.data import PairCollator, load_preference_data
 from po.models import count_parameters, load_policy, load_reference, load_tokenizer
+from po.packing import choose_collator
 from po.provenance import git_commit, package_versions
 from po.reference import AdapterReference, FrozenModelReference, resolve_strategy
 from po.trainer import PreferenceTrainer
@@ -50,7 +51,8 @@ def build_trainer(cfg: DictConfig, run_dir: Path) -> tuple[PreferenceTrainer, An
         reference = AdapterReference()
     trainer = PreferenceTrainer(
         model=policy, args=args, train_dataset=data.train, eval_dataset=data.eval,
-        data_collator=PairCollator(tokenizer.pad_token_id), processing_class=tokenizer,
+        data_collator=choose_collator(cfg.trainer.get("packing", False), policy, tokenizer.pad_token_id,
+                                      cfg.data.max_length), processing_class=tokenizer,
         callbacks=[MetricsJsonl(run_dir / "metrics.jsonl")], loss_module=loss, reference=reference,
         logps_chunk_size=cfg.trainer.logps_chunk_size,
     )
