@@ -85,8 +85,12 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"data.max_prompt_length={mpl}: must be between 1 and data.max_length-1")
     loss = build_loss(cfg)
     strategy = cfg.reference.strategy
-    if strategy not in {"auto", "model", "adapter", "none"}:
-        raise ConfigError(f"reference={strategy}: use one of auto, model, adapter, none")
+    if strategy not in {"auto", "model", "adapter", "none", "cached"}:
+        raise ConfigError(f"reference={strategy}: use one of auto, model, adapter, cached, none")
+    needs = set(getattr(loss, "needs", {"token_logps"}))
+    if strategy == "cached" and not needs <= {"token_logps"}:  # po.refcache stores token log-probs only
+        raise ConfigError(f"reference=cached stores only per-token reference log-probs, but {cfg.loss._target_} "
+                          f"also needs {sorted(needs - {'token_logps'})}; use reference=model (or adapter)")
     peft = cfg.peft.get("method", "none")
     if strategy == "none" and loss.needs_reference:
         raise ConfigError(f"{cfg.loss._target_} needs reference log-probs; use reference=auto (or model/adapter), "
