@@ -18,7 +18,7 @@ from po.errors import ConfigError
 from po.loss_params import loss_trains_parameters
 
 # Keys of the `trainer` group that are po's own, not transformers.TrainingArguments fields.
-PO_TRAINER_KEYS = {"logps_chunk_size", "resume", "overwrite", "max_bad_steps", "checkpoint_checksums"}
+PO_TRAINER_KEYS = {"logps_chunk_size", "resume", "overwrite", "max_bad_steps", "checkpoint_checksums", "packing"}
 
 
 def conf_dir() -> Path:
@@ -88,8 +88,12 @@ def validate(cfg: DictConfig) -> None:
     check_data_config(cfg.data)
     loss = build_loss(cfg)
     strategy = cfg.reference.strategy
-    if strategy not in {"auto", "model", "adapter", "none"}:
-        raise ConfigError(f"reference={strategy}: use one of auto, model, adapter, none")
+    if strategy not in {"auto", "model", "adapter", "none", "cached"}:
+        raise ConfigError(f"reference={strategy}: use one of auto, model, adapter, cached, none")
+    needs = set(getattr(loss, "needs", {"token_logps"}))
+    if strategy == "cached" and not needs <= {"token_logps"}:  # po.refcache stores token log-probs only
+        raise ConfigError(f"reference=cached stores only per-token reference log-probs, but {cfg.loss._target_} "
+                          f"also needs {sorted(needs - {'token_logps'})}; use reference=model (or adapter)")
     peft = cfg.peft.get("method", "none")
     if strategy in {"cached", "none"} and "token_kl" in getattr(loss, "needs", ()):
         raise ConfigError(f"reference={strategy} cannot serve {cfg.loss._target_}: it needs the live reference "

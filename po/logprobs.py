@@ -61,6 +61,22 @@ def token_logps_from_hidden(model: torch.nn.Module, hidden: torch.Tensor, input_
     return scatter_response(flat, rows, scored)
 
 
+def chunked_logps(model: torch.nn.Module, gathered: torch.Tensor, targets: torch.Tensor,
+                  chunk_size: int = 256) -> torch.Tensor:
+    """Flat fp32 log-probs of `targets` from hidden states `[N, H]` at any scored positions (packed layouts)."""
+    bare = unwrap(model)
+    head = bare.get_output_embeddings()
+    softcap = getattr(getattr(bare, "config", None), "final_logit_softcapping", None)
+    pieces = []
+    for start in range(0, gathered.shape[0], chunk_size):
+        h, t = gathered[start:start + chunk_size], targets[start:start + chunk_size]
+        if torch.is_grad_enabled() and h.requires_grad:
+            pieces.append(checkpoint(_chunk_logps, h, t, head, softcap, use_reentrant=False))
+        else:
+            pieces.append(_chunk_logps(h, t, head, softcap))
+    return torch.cat(pieces) if pieces else gathered.new_zeros(0, dtype=torch.float32)
+
+
 def scatter_response(flat: torch.Tensor, rows: torch.Tensor, scored: torch.Tensor) -> torch.Tensor:
     """Place per-token values (row-major over `scored`) into a response-aligned `[R, L]` tensor."""
     lengths = scored.sum(-1)

@@ -12,6 +12,7 @@ import torch
 from losses.base import LossOutput, PairBatch, PreferenceLoss
 from po.extras import needs_extras, pair_batch_with_extras
 from po.logprobs import response_masks, token_logps
+from po.packing import batch_response_masks, is_packed, packed_token_logps
 
 ReferenceSource = Callable[[torch.nn.Module, Callable[[torch.nn.Module], torch.Tensor]], torch.Tensor]
 BATCH_EXTRAS = ("annotator", "weight", "row_ids")
@@ -47,16 +48,19 @@ def pair_batch(model: torch.nn.Module, inputs: dict[str, torch.Tensor], loss: Pr
         return pair_batch_with_extras(model, inputs, loss, reference, chunk_size, BATCH_EXTRAS)
 
     def compute(m: torch.nn.Module) -> torch.Tensor:
+        if is_packed(inputs):  # one row per pair (po.packing); same [2B, L] values as the plain layout
+            return packed_token_logps(m, inputs, chunk_size)
         return token_logps(m, inputs["input_ids"], inputs["attention_mask"], inputs["response_mask"], chunk_size)
 
     ref = None
     if loss.needs_reference:
         if reference is None:
             raise RuntimeError("the loss needs reference log-probs but no reference source was configured")
-        ref = reference(model, compute)
+        # a source that reads stored values by pair (po.refcache.CachedReference) runs no model
+        ref = reference.for_batch(inputs) if hasattr(reference, "for_batch") else reference(model, compute)
     policy = compute(model)
     extras = {k: inputs[k] for k in BATCH_EXTRAS if k in inputs}
-    return build_pair_batch(policy, ref, response_masks(inputs["response_mask"]), extras)
+    return build_pair_batch(policy, ref, batch_response_masks(inputs), extras)
 
 
 def pair_loss(model: torch.nn.Module, inputs: dict[str, torch.Tensor], loss: PreferenceLoss,

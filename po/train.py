@@ -17,11 +17,13 @@ from transformers import TrainingArguments, set_seed
 from po.annotators import configure_weighting, use_annotator_column
 from po.callbacks import MetricsJsonl
 from po.config import build_loss, trainer_kwargs, validate
-from po.data import PairCollator, load_preference_data
+from po.data import load_preference_data
 from po.distributed import deepspeed_cpu_state, is_main_process
 from po.models import count_parameters, load_policy, load_reference, load_tokenizer
+from po.packing import choose_collator
 from po.peft import apply_peft, export_model, quantization_kwargs
 from po.provenance import git_commit, package_versions
+from po.refcache import KeyedCollator, reference_from_cache
 from po.reference import AdapterReference, FrozenModelReference, resolve_strategy
 from po.reliable import ReliabilitySettings
 from po.rundir import eval_before_from_metrics, prepare_run_dir
@@ -52,14 +54,19 @@ def build_trainer(cfg: DictConfig, run_dir: Path) -> tuple[PreferenceTrainer, An
     strategy = resolve_strategy(cfg.reference.strategy, loss.needs_reference, cfg.peft.get("method", "none"))
     args = training_arguments(cfg, run_dir)
     policy = apply_peft(load_policy(cfg.model, tokenizer, cfg.seed, **quantization_kwargs(cfg)), cfg)
-    reference = None
+    collator = choose_collator(cfg.trainer.get("packing", False), policy, tokenizer.pad_token_id, cfg.data.max_length)
+    reference, cache_facts = None, None
+    if strategy == "cached" and loss.needs_reference:  # po.refcache: stored values by pair; loads a reference model only on a cache miss
+        collator = KeyedCollator(collator)
+        reference, cache_facts = reference_from_cache(cfg, tokenizer, data, collator, args.device,
+                                                      args.per_device_eval_batch_size, cfg.trainer.logps_chunk_size)
     if strategy == "model":
         reference = FrozenModelReference(load_reference(cfg.model, tokenizer, cfg.seed, policy).to(args.device))
     elif strategy == "adapter":
         reference = AdapterReference()
     trainer = PreferenceTrainer(
         model=policy, args=args, train_dataset=data.train, eval_dataset=data.eval,
-        data_collator=PairCollator(tokenizer.pad_token_id), processing_class=tokenizer,
+        data_collator=collator, processing_class=tokenizer,
         callbacks=[MetricsJsonl(run_dir / "metrics.jsonl")], loss_module=loss, reference=reference,
         logps_chunk_size=cfg.trainer.logps_chunk_size,
     )
@@ -75,6 +82,9 @@ def build_trainer(cfg: DictConfig, run_dir: Path) -> tuple[PreferenceTrainer, An
         "pairs_per_optimizer_step": args.per_device_train_batch_size * args.gradient_accumulation_steps
         * args.world_size,
     }
+    if cache_facts is not None:
+        facts["reference_cache"] = cache_facts
+        facts["models_loaded"] += not cache_facts["hit"]
     log.info("reference: %s; pairs per optimizer step: %d; policy parameters: %d", strategy,
              facts["pairs_per_optimizer_step"], facts["policy_parameters"])
     return trainer, tokenizer, facts
