@@ -1,0 +1,149 @@
+"""Slurm job scripts and Hydra sweeps on Slurm, against a real one-node Slurm (tests/slurm_fixture.py).
+
+Slurm is installed by slurm/install_test_slurm.sh (CI) and started once per session by the fixture; without it
+the tests marked `needs_slurm` are skipped with the reason. The submitit_local sweep and the script syntax checks
+need no Slurm.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO, read_metrics
+from tests.slurm_fixture import SlurmCluster, slurm_cluster  # noqa: F401  (the session fixture)
+
+# A tiny job: few steps, no progress bars, no evaluation before training.
+TINY = ["trainer.max_steps=4", "trainer.logging_steps=2", "trainer.disable_tqdm=true", "eval.before_training=false"]
+
+
+def _env(**extra: str) -> dict[str, str]:
+    """The environment jobs inherit (sbatch exports it): this checkout first on the path, offline, one thread."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+           "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+           "OMP_NUM_THREADS": "1", "PYTHON": sys.executable, **extra}
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    return env
+
+
+def _sbatch(cluster: SlurmCluster, tmp_path: Path, run_dir: Path, *args: str, sbatch_options: tuple = ()) -> str:
+    """Submit slurm/train.sbatch as a CPU job with 2 ranks on the node; return the job id."""
+    env = {**_env(NPROC_PER_NODE="2", RUN_DIR=str(run_dir)), "SLURM_CONF": str(cluster.conf)}
+    cmd = ["sbatch", "--parsable", "--gpus-per-node=0", "--cpus-per-task=2", "--time=10",
+           f"--output={tmp_path}/%x-%j.out", *sbatch_options, str(REPO / "slurm" / "train.sbatch"), *args]
+    out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip().split(";")[0]
+
+
+def _point(sweep: Path, override: str) -> Path:
+    """The run dir of one sweep point: Hydra names it from the point's overrides (loss.beta=0.1,trainer...)."""
+    dirs = [p for p in sweep.iterdir() if override in p.name.split(",")]
+    assert len(dirs) == 1, f"{override}: {sorted(p.name for p in sweep.iterdir())}"
+    return dirs[0]
+
+
+def _job_log(tmp_path: Path, job_id: str) -> str:
+    logs = list(tmp_path.glob(f"*-{job_id}.out"))
+    return logs[0].read_text() if logs else "(no job log)"
+
+
+def test_slurm_scripts_parse():
+    """`bash -n` on every script in slurm/: a syntax error would only show up on the cluster."""
+    scripts = sorted(p for p in (REPO / "slurm").iterdir() if p.suffix in {".sh", ".sbatch"})
+    assert {p.name for p in scripts} >= {"train.sbatch", "install_test_slurm.sh"}
+    for script in scripts:
+        result = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
+        assert result.returncode == 0, f"{script.name}: {result.stderr}"
+        assert script.read_text().splitlines()[1].startswith("#"), f"{script.name}: first lines say how to run it"
+
+
+@pytest.mark.slow
+def test_sbatch_trains_tiny_dpo_with_two_ranks(slurm_cluster: SlurmCluster, tmp_path: Path):
+    """sbatch slurm/train.sbatch OVERRIDES: a 2-rank CPU job on the node runs to completion into the pinned RUN_DIR."""
+    run_dir = tmp_path / "run"
+    job = _sbatch(slurm_cluster, tmp_path, run_dir, *TINY, "loss.beta=0.2")
+    state = slurm_cluster.wait_job(job, timeout=300)
+    log = _job_log(tmp_path, job)
+    assert state == "COMPLETED", f"job {job}: {state}\n{log}\n{slurm_cluster.logs()}"
+    assert "1 node(s) x 2 rank(s)" in log
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["steps"] == 4
+    assert (run_dir / "model" / "config.json").is_file() and (run_dir / "model" / "tokenizer.json").is_file()
+    assert "beta: 0.2" in (run_dir / "resolved_config.yaml").read_text()  # the override reached every rank
+
+
+@pytest.mark.slow
+def test_submitit_slurm_sweep_runs_one_job_per_point(slurm_cluster: SlurmCluster, tmp_path: Path):
+    """po-train -m hydra/launcher=slurm loss.beta=0.1,0.2: two Slurm jobs, each finishes with its summary."""
+    sweep = tmp_path / "sweep"
+    cmd = [sys.executable, "-m", "po.cli", "-m", "hydra/launcher=slurm", f"hydra.sweep.dir={sweep}",
+           "hydra.launcher.timeout_min=10", "hydra.launcher.cpus_per_task=1", "loss.beta=0.1,0.2", *TINY]
+    out = subprocess.run(cmd, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:] + slurm_cluster.logs()
+    for beta in ("0.1", "0.2"):
+        summary = json.loads((_point(sweep, f"loss.beta={beta}") / "summary.json").read_text())
+        assert summary["steps"] == 4
+    jobs = sorted(p.name for p in (sweep / ".submitit").iterdir() if p.name[0].isdigit())
+    assert len(jobs) == 2, jobs  # one Slurm job (array task) per point
+    for job in jobs:
+        assert slurm_cluster.job_state(job) == "COMPLETED"
+
+
+@pytest.mark.slow
+def test_submitit_local_sweep(tmp_path: Path):
+    """hydra/launcher=local (submitit_local): the same launcher path without Slurm runs a 2-point sweep."""
+    sweep = tmp_path / "sweep"
+    cmd = [sys.executable, "-m", "po.cli", "-m", "hydra/launcher=local", f"hydra.sweep.dir={sweep}",
+           "loss.beta=0.1,0.2", *TINY]
+    out = subprocess.run(cmd, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    betas = set()
+    for point in ("loss.beta=0.1", "loss.beta=0.2"):
+        run = _point(sweep, point)
+        assert json.loads((run / "summary.json").read_text())["steps"] == 4
+        betas.add(next(line for line in (run / "resolved_config.yaml").read_text().splitlines()
+                       if line.strip().startswith("beta:")).split()[-1])
+    assert betas == {"0.1", "0.2"}
+    assert len(list((sweep / ".submitit").iterdir())) >= 2  # went through submitit, not the basic launcher
+
+
+def _wait_for_step(run_dir: Path, timeout: float = 240) -> int:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if (run_dir / "metrics.jsonl").is_file():
+            steps = [m["step"] for m in read_metrics(run_dir) if "loss" in m]
+            if steps:
+                return steps[-1]
+        time.sleep(0.5)
+    raise AssertionError(f"no training step logged in {run_dir} after {timeout} s")
+
+
+@pytest.mark.slow
+def test_pre_timeout_signal_checkpoints_requeues_and_resumes(slurm_cluster: SlurmCluster, tmp_path: Path):
+    """Slurm's warning signal (USR1 to the batch script, as --signal=B:USR1@N sends it) while training: the ranks
+    checkpoint and exit, the script requeues the job (same id, same run dir), and the second start resumes from
+    the checkpoint: logged steps keep increasing across both starts and the run ends at max_steps."""
+    run_dir = tmp_path / "run"
+    max_steps = 300
+    job = _sbatch(slurm_cluster, tmp_path, run_dir, f"trainer.max_steps={max_steps}", "trainer.logging_steps=5",
+                  "trainer.disable_tqdm=true", "eval.before_training=false")
+    _wait_for_step(run_dir)
+    slurm_cluster.run("scancel", "--batch", "--signal=USR1", job)  # what Slurm sends at time limit minus N s
+    state = slurm_cluster.wait_job(job, timeout=420)
+    log = _job_log(tmp_path, job)
+    assert state == "COMPLETED", f"job {job}: {state}\n{log}\n{slurm_cluster.logs()}"
+    assert "requeueing job" in log, log
+    assert int(slurm_cluster.job_field(job, "Restarts") or 0) >= 1
+    checkpoints = sorted(int(p.name.split("-")[1]) for p in (run_dir / "checkpoints").glob("checkpoint-*"))
+    assert checkpoints and checkpoints[0] < max_steps, checkpoints  # the preemption checkpoint, mid-run
+    steps = [m["step"] for m in read_metrics(run_dir) if "loss" in m]
+    assert steps == sorted(set(steps)), f"a start trained from scratch instead of resuming: {steps}"
+    assert json.loads((run_dir / "summary.json").read_text())["steps"] == max_steps
+    assert (run_dir / "model" / "config.json").is_file()
