@@ -15,6 +15,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -64,6 +65,24 @@ class SlurmCluster:
 
     def logs(self) -> str:
         return "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in sorted(self.root.glob("*.log")))
+
+
+def job_env(**extra: str) -> dict[str, str]:
+    """The environment for `po-train`/`sbatch` subprocesses (jobs inherit it): this checkout first on the path,
+    this interpreter's bin first on PATH, offline, one thread per process."""
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(repo), os.environ.get("PYTHONPATH", "")]),
+           "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+           "OMP_NUM_THREADS": "1", "PYTHON": sys.executable, **extra}
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    return env
+
+
+def sweep_point(sweep: Path, override: str) -> Path:
+    """The run dir of one sweep point: Hydra names it from the point's overrides (`a=1,loss.beta=0.1,...`)."""
+    dirs = [p for p in sweep.iterdir() if override in p.name.split(",")]
+    assert len(dirs) == 1, f"{override}: {sorted(p.name for p in sweep.iterdir())}"
+    return dirs[0]
 
 
 def missing_binaries() -> list[str]:

@@ -8,7 +8,6 @@ need no Slurm.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -17,36 +16,20 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO, read_metrics
-from tests.slurm_fixture import SlurmCluster, slurm_cluster  # noqa: F401  (the session fixture)
+from tests.slurm_fixture import SlurmCluster, job_env, slurm_cluster, sweep_point  # noqa: F401  (fixture)
 
 # A tiny job: few steps, no progress bars, no evaluation before training.
 TINY = ["trainer.max_steps=4", "trainer.logging_steps=2", "trainer.disable_tqdm=true", "eval.before_training=false"]
 
 
-def _env(**extra: str) -> dict[str, str]:
-    """The environment jobs inherit (sbatch exports it): this checkout first on the path, offline, one thread."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
-           "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-           "OMP_NUM_THREADS": "1", "PYTHON": sys.executable, **extra}
-    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
-    return env
-
-
 def _sbatch(cluster: SlurmCluster, tmp_path: Path, run_dir: Path, *args: str, sbatch_options: tuple = ()) -> str:
     """Submit slurm/train.sbatch as a CPU job with 2 ranks on the node; return the job id."""
-    env = {**_env(NPROC_PER_NODE="2", RUN_DIR=str(run_dir)), "SLURM_CONF": str(cluster.conf)}
+    env = {**job_env(NPROC_PER_NODE="2", RUN_DIR=str(run_dir)), "SLURM_CONF": str(cluster.conf)}
     cmd = ["sbatch", "--parsable", "--gpus-per-node=0", "--cpus-per-task=2", "--time=10",
            f"--output={tmp_path}/%x-%j.out", *sbatch_options, str(REPO / "slurm" / "train.sbatch"), *args]
     out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     return out.stdout.strip().split(";")[0]
-
-
-def _point(sweep: Path, override: str) -> Path:
-    """The run dir of one sweep point: Hydra names it from the point's overrides (loss.beta=0.1,trainer...)."""
-    dirs = [p for p in sweep.iterdir() if override in p.name.split(",")]
-    assert len(dirs) == 1, f"{override}: {sorted(p.name for p in sweep.iterdir())}"
-    return dirs[0]
 
 
 def _job_log(tmp_path: Path, job_id: str) -> str:
@@ -85,33 +68,15 @@ def test_submitit_slurm_sweep_runs_one_job_per_point(slurm_cluster: SlurmCluster
     sweep = tmp_path / "sweep"
     cmd = [sys.executable, "-m", "po.cli", "-m", "hydra/launcher=slurm", f"hydra.sweep.dir={sweep}",
            "hydra.launcher.timeout_min=10", "hydra.launcher.cpus_per_task=1", "loss.beta=0.1,0.2", *TINY]
-    out = subprocess.run(cmd, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=600)
+    out = subprocess.run(cmd, cwd=tmp_path, env=job_env(), capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:] + slurm_cluster.logs()
     for beta in ("0.1", "0.2"):
-        summary = json.loads((_point(sweep, f"loss.beta={beta}") / "summary.json").read_text())
+        summary = json.loads((sweep_point(sweep, f"loss.beta={beta}") / "summary.json").read_text())
         assert summary["steps"] == 4
-    jobs = sorted(p.name for p in (sweep / ".submitit").iterdir() if p.name[0].isdigit())
-    assert len(jobs) == 2, jobs  # one Slurm job (array task) per point
-    for job in jobs:
+    tasks = sorted(p.name for p in (sweep / ".submitit").iterdir() if "_" in p.name)
+    assert len(tasks) == 2, tasks  # one Slurm job (an array task, JOBID_INDEX) per point
+    for job in tasks:
         assert slurm_cluster.job_state(job) == "COMPLETED"
-
-
-@pytest.mark.slow
-def test_submitit_local_sweep(tmp_path: Path):
-    """hydra/launcher=local (submitit_local): the same launcher path without Slurm runs a 2-point sweep."""
-    sweep = tmp_path / "sweep"
-    cmd = [sys.executable, "-m", "po.cli", "-m", "hydra/launcher=local", f"hydra.sweep.dir={sweep}",
-           "loss.beta=0.1,0.2", *TINY]
-    out = subprocess.run(cmd, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    betas = set()
-    for point in ("loss.beta=0.1", "loss.beta=0.2"):
-        run = _point(sweep, point)
-        assert json.loads((run / "summary.json").read_text())["steps"] == 4
-        betas.add(next(line for line in (run / "resolved_config.yaml").read_text().splitlines()
-                       if line.strip().startswith("beta:")).split()[-1])
-    assert betas == {"0.1", "0.2"}
-    assert len(list((sweep / ".submitit").iterdir())) >= 2  # went through submitit, not the basic launcher
 
 
 def _wait_for_step(run_dir: Path, timeout: float = 240) -> int:
