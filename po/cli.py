@@ -21,6 +21,7 @@ from omegaconf import DictConfig
 
 from po.config import conf_dir
 from po.errors import POError
+from po.launch import prepare_submitit_job, requeue_if_preempted
 
 log = logging.getLogger("po")
 
@@ -30,13 +31,17 @@ def _main(cfg: DictConfig) -> float | None:
     from po.train import train
 
     hydra_cfg = HydraConfig.get()
+    run_dir = Path(hydra_cfg.runtime.output_dir)
+    prepare_submitit_job(run_dir)  # sweeps on submitit: ranks from its task layout
     try:
-        summary = train(cfg, Path(hydra_cfg.runtime.output_dir))
+        summary = train(cfg, run_dir)
     except POError as exc:
         if hydra_cfg.mode == RunMode.MULTIRUN:
             raise  # the sweep records this run as failed and goes on with the others
         print(f"po-train: error: {exc}", file=sys.stderr)
         sys.exit(2)
+    finally:
+        requeue_if_preempted(run_dir)  # a sweep point on Slurm stopped by a preemption resumes after requeue
     return summary["eval"].get("eval_loss")
 
 

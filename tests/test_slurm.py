@@ -64,16 +64,18 @@ def test_sbatch_trains_tiny_dpo_with_two_ranks(slurm_cluster: SlurmCluster, tmp_
 
 @pytest.mark.slow
 def test_submitit_slurm_sweep_runs_one_job_per_point(slurm_cluster: SlurmCluster, tmp_path: Path):
-    """po-train -m hydra/launcher=slurm loss.beta=0.1,0.2: two Slurm jobs, each finishes with its summary."""
+    """po-train -m hydra/launcher=slurm loss.beta=0.1,0.2: two Slurm jobs, each finishes with its summary. Each
+    point runs as 2 submitit tasks (as on a 2-GPU node), which po.cli joins into one 2-rank job (gloo on CPU)."""
     sweep = tmp_path / "sweep"
     cmd = [sys.executable, "-m", "po.cli", "-m", "hydra/launcher=slurm", f"hydra.sweep.dir={sweep}",
-           "hydra.launcher.timeout_min=10", "hydra.launcher.cpus_per_task=1", "loss.beta=0.1,0.2", *TINY]
+           "hydra.launcher.timeout_min=10", "hydra.launcher.cpus_per_task=1", "hydra.launcher.tasks_per_node=2",
+           "trainer.use_cpu=true", "loss.beta=0.1,0.2", *TINY]
     out = subprocess.run(cmd, cwd=tmp_path, env=job_env(), capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:] + slurm_cluster.logs()
     for beta in ("0.1", "0.2"):
         summary = json.loads((sweep_point(sweep, f"loss.beta={beta}") / "summary.json").read_text())
-        assert summary["steps"] == 4
-    tasks = sorted(p.name for p in (sweep / ".submitit").iterdir() if "_" in p.name)
+        assert summary["steps"] == 4 and summary["world_size"] == 2
+    tasks = sorted(p.name for p in (sweep / ".submitit").iterdir() if p.name[0].isdigit() and "_" in p.name)
     assert len(tasks) == 2, tasks  # one Slurm job (an array task, JOBID_INDEX) per point
     for job in tasks:
         assert slurm_cluster.job_state(job) == "COMPLETED"
