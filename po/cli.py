@@ -22,6 +22,7 @@ from omegaconf import DictConfig
 from po.config import conf_dir
 from po.errors import POError
 from po.launch import prepare_submitit_job, requeue_if_preempted
+from po.preemption import TrainingPreempted
 
 log = logging.getLogger("po")
 
@@ -35,6 +36,11 @@ def _main(cfg: DictConfig) -> float | None:
     prepare_submitit_job(run_dir)  # sweeps on submitit: ranks from its task layout
     try:
         summary = train(cfg, run_dir)
+    except TrainingPreempted as exc:  # a checkpoint is saved: exit 0 so a requeued job resumes from it
+        print(f"po-train: preempted: {exc}", file=sys.stderr)
+        if hydra_cfg.mode == RunMode.MULTIRUN:
+            return None
+        sys.exit(0)
     except POError as exc:
         if hydra_cfg.mode == RunMode.MULTIRUN:
             raise  # the sweep records this run as failed and goes on with the others

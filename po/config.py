@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from po.errors import ConfigError
 
 # Keys of the `trainer` group that are po's own, not transformers.TrainingArguments fields.
-PO_TRAINER_KEYS = {"logps_chunk_size"}
+PO_TRAINER_KEYS = {"logps_chunk_size", "resume", "overwrite", "max_bad_steps", "checkpoint_checksums"}
 
 
 def conf_dir() -> Path:

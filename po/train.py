@@ -20,6 +20,8 @@ from po.data import PairCollator, load_preference_data
 from po.models import count_parameters, load_policy, load_reference, load_tokenizer
 from po.provenance import git_commit, package_versions
 from po.reference import AdapterReference, FrozenModelReference, resolve_strategy
+from po.reliable import ReliabilitySettings
+from po.rundir import eval_before_from_metrics, prepare_run_dir
 from po.trainer import PreferenceTrainer
 
 log = logging.getLogger(__name__)
@@ -54,6 +56,8 @@ def build_trainer(cfg: DictConfig, run_dir: Path) -> tuple[PreferenceTrainer, An
         callbacks=[MetricsJsonl(run_dir / "metrics.jsonl")], loss_module=loss, reference=reference,
         logps_chunk_size=cfg.trainer.logps_chunk_size,
     )
+    trainer.reliability = ReliabilitySettings(cfg.trainer.get("max_bad_steps", 10),
+                                              cfg.trainer.get("checkpoint_checksums", True))
     facts = {
         "reference": strategy,
         "models_loaded": 1 + (strategy == "model"),
@@ -72,12 +76,15 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     validate(cfg)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    resume = prepare_run_dir(cfg, run_dir)  # fresh, resume or refuse (trainer.resume / trainer.overwrite)
     (run_dir / "resolved_config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     trainer, tokenizer, facts = build_trainer(cfg, run_dir)
     has_eval = trainer.eval_dataset is not None
-    before = trainer.evaluate() if has_eval and cfg.eval.before_training else {}
+    before = trainer.evaluate() if has_eval and cfg.eval.before_training and resume is None else {}
+    if resume is not None:  # evaluated at the first start: metrics.jsonl keeps it
+        before = eval_before_from_metrics(run_dir)
     start = time.perf_counter()
-    result = trainer.train()
+    result = trainer.train(resume_from_checkpoint=resume)
     wall = time.perf_counter() - start
     after = trainer.evaluate() if has_eval else {}
     trainer.save_model(str(run_dir / "model"))

@@ -15,10 +15,11 @@ from transformers import Trainer, TrainerCallback
 
 from losses.base import PreferenceLoss
 from po.metrics import MetricAccumulator
+from po.reliable import ReliableTrainerMixin
 from po.step import ReferenceSource, pair_loss
 
 
-class PreferenceTrainer(Trainer):
+class PreferenceTrainer(ReliableTrainerMixin, Trainer):
     def __init__(self, *args, loss_module: PreferenceLoss, reference: ReferenceSource | None = None,
                  logps_chunk_size: int = 256, **kwargs):
         super().__init__(*args, **kwargs)

@@ -1,0 +1,143 @@
+"""Helpers for the fault tests: start `po-train` (through fault_run.py) in a subprocess, wait for a step, signal it,
+and the uninterrupted reference run every interrupted run is compared with."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+# One small job: 12 optimizer steps of 8 pairs, a loss record per step, short sequences.
+JOB = ["trainer.max_steps=12", "trainer.logging_steps=1", "trainer.disable_tqdm=true", "data.max_length=64",
+       "eval.before_training=false"]
+TOL = 1e-6
+
+
+def env(**extra: str) -> dict[str, str]:
+    out = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+           "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    out.update(extra)
+    return out
+
+
+def start(run_dir: Path, overrides: list[str] = (), **fault_env: str) -> subprocess.Popen:
+    """`po-train JOB OVERRIDES hydra.run.dir=RUN_DIR` with faults from `fault_env` (see fault_run.py)."""
+    cmd = [sys.executable, str(HERE / "fault_run.py"), *JOB, *overrides, f"hydra.run.dir={run_dir}"]
+    log = open(Path(run_dir).parent / f"{Path(run_dir).name}.{time.monotonic_ns()}.log", "w")
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, text=True, cwd=run_dir.parent,
+                            env=env(**fault_env))
+    proc.log = log  # type: ignore[attr-defined]
+    return proc
+
+
+def output(proc: subprocess.Popen) -> str:
+    return Path(proc.log.name).read_text()
+
+
+def finish(proc: subprocess.Popen, timeout: float = 300) -> tuple[int, str]:
+    try:
+        rc = proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise
+    proc.log.close()
+    return rc, output(proc)
+
+
+def run(run_dir: Path, overrides: list[str] = (), **fault_env: str) -> tuple[int, str]:
+    return finish(start(run_dir, overrides, **fault_env))
+
+
+def loss_steps(run_dir: Path) -> list[tuple[int, float]]:
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue  # a line being written
+        if "loss" in record:
+            out.append((record["step"], record["loss"]))
+    return out
+
+
+def wait_until(proc: subprocess.Popen, condition, timeout: float = 240) -> None:
+    end = time.monotonic() + timeout
+    while not condition():
+        if proc.poll() is not None:
+            raise AssertionError(f"the run ended (rc {proc.returncode}) before the awaited point:\n{output(proc)[-3000:]}")
+        if time.monotonic() > end:
+            proc.kill()
+            raise AssertionError("timed out waiting for the run")
+        time.sleep(0.1)
+
+
+def wait_for_step(proc: subprocess.Popen, run_dir: Path, step: int) -> None:
+    wait_until(proc, lambda: any(s >= step for s, _ in loss_steps(run_dir)))
+
+
+def send(proc: subprocess.Popen, sig: signal.Signals) -> None:
+    os.kill(proc.pid, sig)
+
+
+@functools.cache
+def reference_losses() -> dict[int, float]:
+    """Per-step losses of the uninterrupted job (a subprocess, like the runs it is compared with)."""
+    run_dir = Path(tempfile.mkdtemp(prefix="po-faults-ref-")) / "run"
+    run_dir.parent.mkdir(exist_ok=True)
+    rc, out = run(run_dir)
+    assert rc == 0, out[-3000:]
+    return dict(loss_steps(run_dir))
+
+
+def assert_same_losses(run_dir: Path) -> None:
+    """Every step logged exactly once, and each loss equal to the uninterrupted run's to TOL."""
+    got = loss_steps(run_dir)
+    steps = [s for s, _ in got]
+    assert steps == sorted(set(steps)), f"duplicated or unordered steps in metrics.jsonl: {steps}"
+    ref = reference_losses()
+    assert steps == sorted(ref), f"steps {steps} != uninterrupted {sorted(ref)}"
+    for step, loss in got:
+        assert abs(loss - ref[step]) <= TOL, f"step {step}: loss {loss} != uninterrupted {ref[step]}"
+
+
+SAVE_EVERY_3 = ["trainer.save_strategy=steps", "trainer.save_steps=3"]
+
+
+@functools.cache
+def finished_run() -> Path:
+    """An in-process run of JOB with checkpoints at steps 3, 6, 9, 12 (tests copy it before changing anything)."""
+    from conftest import run_train
+
+    run_dir = Path(tempfile.mkdtemp(prefix="po-faults-finished-")) / "run"
+    run_train(run_dir, JOB + SAVE_EVERY_3)
+    return run_dir
+
+
+def crashed_copy(dest: Path) -> Path:
+    """A copy of `finished_run()` as a job killed after its last checkpoint: no summary, no final model."""
+    import shutil
+
+    shutil.copytree(finished_run(), dest)
+    (dest / "summary.json").unlink()
+    shutil.rmtree(dest / "model")
+    return dest
+
+
+def assert_same_losses_in_process(run_dir: Path) -> None:
+    """Like `assert_same_losses`, against the in-process `finished_run()` (same process, same threads)."""
+    got, ref = loss_steps(run_dir), dict(loss_steps(finished_run()))
+    steps = [s for s, _ in got]
+    assert steps == sorted(ref), f"steps {steps} != uninterrupted {sorted(ref)}"
+    for step, loss in got:
+        assert abs(loss - ref[step]) <= TOL, f"step {step}: loss {loss} != uninterrupted {ref[step]}"
