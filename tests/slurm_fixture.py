@@ -103,7 +103,9 @@ def _memory_mb() -> int:
 
 
 def _slurm_conf(root: Path, munge_socket: Path) -> str:
-    cpus = os.cpu_count() or 1
+    # At least 4 CPUs even on a 2-core machine (config_overrides: trust the config, not the hardware): the test
+    # jobs are tiny, and a sweep's points or a driver job and its points must be able to run side by side.
+    cpus = max(os.cpu_count() or 1, 4)
     memory = max(_memory_mb() // 2, 512)  # below the real figure, else slurmd marks the node invalid
     return f"""\
 ClusterName=potest
@@ -122,6 +124,7 @@ SchedulerParameters=bf_interval=1
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core
 ReturnToService=2
+SlurmdParameters=config_overrides
 MinJobAge=3600
 KillWait=30
 StateSaveLocation={root}/state

@@ -77,8 +77,28 @@ def test_submitit_slurm_sweep_runs_one_job_per_point(slurm_cluster: SlurmCluster
         assert summary["steps"] == 4 and summary["world_size"] == 2
     tasks = sorted(p.name for p in (sweep / ".submitit").iterdir() if p.name[0].isdigit() and "_" in p.name)
     assert len(tasks) == 2, tasks  # one Slurm job (an array task, JOBID_INDEX) per point
-    for job in tasks:
-        assert slurm_cluster.job_state(job) == "COMPLETED"
+    for job in tasks:  # submitit reads the result file before Slurm has closed the job: wait for the state
+        assert slurm_cluster.wait_job(job, timeout=120) == "COMPLETED"
+
+
+@pytest.mark.slow
+def test_sweep_sbatch_drives_a_sweep_from_a_job(slurm_cluster: SlurmCluster, tmp_path: Path):
+    """sbatch slurm/sweep.sbatch OVERRIDES: the driver runs as a Slurm job and submits the point as its own job."""
+    sweep = tmp_path / "sweep"
+    env = {**job_env(), "SLURM_CONF": str(slurm_cluster.conf)}
+    cmd = ["sbatch", "--parsable", "--time=10", f"--output={tmp_path}/%x-%j.out", str(REPO / "slurm" / "sweep.sbatch"),
+           f"hydra.sweep.dir={sweep}", "hydra.launcher.timeout_min=10", "hydra.launcher.cpus_per_task=1",
+           "loss.beta=0.3", *TINY]
+    out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    driver = out.stdout.strip().split(";")[0]
+    state = slurm_cluster.wait_job(driver, timeout=400)
+    assert state == "COMPLETED", f"driver {driver}: {state}\n{_job_log(tmp_path, driver)}"
+    summary = json.loads((sweep_point(sweep, "loss.beta=0.3") / "summary.json").read_text())
+    assert summary["steps"] == 4
+    points = [p.name for p in (sweep / ".submitit").iterdir() if p.name[0].isdigit() and "_" in p.name]
+    assert len(points) == 1 and points[0].split("_")[0] != driver  # the point ran as a job of its own
+    assert slurm_cluster.wait_job(points[0], timeout=120) == "COMPLETED"
 
 
 def _wait_for_step(run_dir: Path, timeout: float = 240) -> int:
