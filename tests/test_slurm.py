@@ -147,3 +147,40 @@ def test_pre_timeout_signal_checkpoints_requeues_and_resumes(slurm_cluster: Slur
     assert steps == sorted(set(steps)), f"a start trained from scratch instead of resuming: {steps}"
     assert json.loads((run_dir / "summary.json").read_text())["steps"] == max_steps
     assert (run_dir / "model" / "config.json").is_file()
+
+
+@pytest.mark.slow
+def test_submitit_point_checkpoints_on_signal_requeues_and_resumes(slurm_cluster: SlurmCluster, tmp_path: Path):
+    """A sweep point on Slurm (hydra/launcher=slurm) gets the time-limit warning (USR1 to the job's processes, as
+    the launcher's --signal=USR1@N sends it): it checkpoints, po.cli requeues it, the requeued point resumes in
+    the same run dir and the sweep returns only when it has finished."""
+    sweep = tmp_path / "sweep"
+    max_steps = 100
+    cmd = [sys.executable, "-m", "po.cli", "-m", "hydra/launcher=slurm", f"hydra.sweep.dir={sweep}",
+           "hydra.launcher.timeout_min=10", "hydra.launcher.cpus_per_task=1", "loss.beta=0.1,0.2",
+           f"trainer.max_steps={max_steps}", "trainer.logging_steps=5", "trainer.disable_tqdm=true",
+           "eval.before_training=false"]
+    driver = subprocess.Popen(cmd, cwd=tmp_path, env=job_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True)
+    try:
+        deadline = time.monotonic() + 240
+        while not (sweep.is_dir() and any(sweep.glob("*loss.beta=0.1*/metrics.jsonl"))):
+            assert time.monotonic() < deadline and driver.poll() is None, "the sweep point never started training"
+            time.sleep(0.5)
+        run_dir = sweep_point(sweep, "loss.beta=0.1")
+        _wait_for_step(run_dir)
+        job = next(p.name for p in (sweep / ".submitit").iterdir() if p.name.endswith("_0"))
+        slurm_cluster.run("scancel", "--signal=USR1", job)
+        _release_when_requeued(slurm_cluster, job)
+        output, _ = driver.communicate(timeout=420)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+    assert driver.returncode == 0, output[-4000:]
+    assert int(slurm_cluster.job_field(job, "Restarts") or 0) >= 1, output[-4000:]
+    checkpoints = sorted(int(p.name.split("-")[1]) for p in (run_dir / "checkpoints").glob("checkpoint-*"))
+    assert checkpoints and checkpoints[0] < max_steps, checkpoints
+    steps = [m["step"] for m in read_metrics(run_dir) if "loss" in m]
+    assert steps == sorted(set(steps)), f"the requeued point trained from scratch instead of resuming: {steps}"
+    for point in ("loss.beta=0.1", "loss.beta=0.2"):
+        assert json.loads((sweep_point(sweep, point) / "summary.json").read_text())["steps"] == max_steps
