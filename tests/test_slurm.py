@@ -112,16 +112,22 @@ def _wait_for_step(run_dir: Path, timeout: float = 240) -> int:
     raise AssertionError(f"no training step logged in {run_dir} after {timeout} s")
 
 
-def _release_when_requeued(cluster: SlurmCluster, job: str, timeout: float = 240) -> None:
-    """Slurm holds a requeued job for about 2 minutes (Reason=BeginTime); start it now to keep the test short."""
+def _release_when_requeued(cluster: SlurmCluster, job: str, timeout: float = 240) -> list[str]:
+    """Slurm holds a requeued job for about 2 minutes (Reason=BeginTime); start it now to keep the test short.
+    Returns the states seen (for failure messages)."""
+    seen: list[str] = []
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if cluster.job_state(job) == "PENDING" and int(cluster.job_field(job, "Restarts") or 0) >= 1:
+        state, restarts = cluster.job_state(job), int(cluster.job_field(job, "Restarts") or 0)
+        if not seen or seen[-1] != f"{state}/{restarts}":
+            seen.append(f"{state}/{restarts}")
+        if state == "PENDING" and restarts >= 1:
             cluster.run("scontrol", "update", f"JobId={job}", "StartTime=now", check=False)
-            return
-        if cluster.job_state(job) in {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"}:
-            return  # not requeued: the assertions below say what happened
-        time.sleep(0.5)
+            return seen
+        if state in {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"}:
+            return seen  # not requeued: the assertions below say what happened
+        time.sleep(0.2)
+    return seen
 
 
 @pytest.mark.slow
@@ -135,10 +141,11 @@ def test_pre_timeout_signal_checkpoints_requeues_and_resumes(slurm_cluster: Slur
                   "trainer.disable_tqdm=true", "eval.before_training=false")
     _wait_for_step(run_dir)
     slurm_cluster.run("scancel", "--batch", "--signal=USR1", job)  # what Slurm sends at time limit minus N s
-    _release_when_requeued(slurm_cluster, job)
+    seen = _release_when_requeued(slurm_cluster, job)
     state = slurm_cluster.wait_job(job, timeout=420)
     log = _job_log(tmp_path, job)
-    assert state == "COMPLETED", f"job {job}: {state}\n{log}\n{slurm_cluster.logs()}"
+    details = slurm_cluster.run("scontrol", "show", "job", job, check=False).stdout
+    assert state == "COMPLETED", f"job {job}: {state} (seen {seen})\n{details}\n{log}\n{slurm_cluster.logs()}"
     assert "requeueing job" in log, log
     assert int(slurm_cluster.job_field(job, "Restarts") or 0) >= 1
     checkpoints = sorted(int(p.name.split("-")[1]) for p in (run_dir / "checkpoints").glob("checkpoint-*"))
