@@ -113,7 +113,7 @@ def _wait_for_step(run_dir: Path, timeout: float = 240) -> int:
 
 
 def _release_when_requeued(cluster: SlurmCluster, job: str, timeout: float = 240) -> list[str]:
-    """Slurm holds a requeued job for about 2 minutes (Reason=BeginTime); start it now to keep the test short.
+    """Slurm holds a requeued job for about 2 minutes (Reason=BeginTime); start it sooner to keep the test short.
     Returns the states seen (for failure messages)."""
     seen: list[str] = []
     deadline = time.monotonic() + timeout
@@ -122,6 +122,8 @@ def _release_when_requeued(cluster: SlurmCluster, job: str, timeout: float = 240
         if not seen or seen[-1] != f"{state}/{restarts}":
             seen.append(f"{state}/{restarts}")
         if state == "PENDING" and restarts >= 1:
+            # Not at once: right after a requeue slurmd still refuses the job id ("already killed").
+            time.sleep(10)
             cluster.run("scontrol", "update", f"JobId={job}", "StartTime=now", check=False)
             return seen
         if state in {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"}:
