@@ -21,6 +21,7 @@ from omegaconf import DictConfig
 
 from po.config import conf_dir
 from po.errors import POError
+from po.launch import prepare_submitit_job, requeue_if_preempted
 from po.preemption import TrainingPreempted
 
 log = logging.getLogger("po")
@@ -32,6 +33,7 @@ def _main(cfg: DictConfig) -> float | None:
 
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
+    prepare_submitit_job(run_dir)  # sweeps on submitit: ranks from its task layout
     try:
         summary = train(cfg, run_dir)
     except TrainingPreempted as exc:  # a checkpoint is saved: exit 0 so a requeued job resumes from it
@@ -48,6 +50,8 @@ def _main(cfg: DictConfig) -> float | None:
             raise
         print(f"po-train: error: {exc}", file=sys.stderr)
         sys.exit(2)
+    finally:
+        requeue_if_preempted(run_dir)  # a sweep point on Slurm stopped by a preemption resumes after requeue
     return summary["eval"].get("eval_loss")
 
 

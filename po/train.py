@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
 from omegaconf import DictConfig, OmegaConf
 from transformers import TrainingArguments, set_seed
 
@@ -18,7 +19,7 @@ from po.annotators import configure_weighting, use_annotator_column
 from po.callbacks import MetricsJsonl
 from po.config import build_loss, trainer_kwargs, validate
 from po.data import load_preference_data
-from po.distributed import deepspeed_cpu_state, is_main_process
+from po.distributed import deepspeed_cpu_state, is_main_process, world_size
 from po.models import count_parameters, load_policy, load_reference, load_tokenizer
 from po.packing import choose_collator
 from po.peft import apply_peft, export_model, quantization_kwargs
@@ -40,6 +41,10 @@ def training_arguments(cfg: DictConfig, run_dir: Path) -> TrainingArguments:
     if cfg.deepspeed.get("config"):
         kwargs["deepspeed"] = OmegaConf.to_container(cfg.deepspeed.config, resolve=True)
         kwargs.update(deepspeed_cpu_state(cfg))  # DeepSpeed on a CPU machine: gloo (DS_ACCELERATOR=cpu)
+    elif world_size() > 1 and not torch.cuda.is_available() and not kwargs.get("use_cpu"):
+        # Without use_cpu, accelerate does not join CPU processes into one job: each would train alone.
+        log.info("multi-process run without CUDA: using CPU data parallelism (trainer.use_cpu=true)")
+        kwargs["use_cpu"] = True
     return TrainingArguments(**kwargs)
 
 
