@@ -45,20 +45,8 @@ def scored_positions(input_ids: torch.Tensor, response_mask: torch.Tensor):
 def token_logps_from_hidden(model: torch.nn.Module, hidden: torch.Tensor, input_ids: torch.Tensor,
                             response_mask: torch.Tensor, chunk_size: int = 256) -> torch.Tensor:
     """Response-aligned log-probs `[R, L]` (L = longest response in the batch; zero where padded)."""
-    bare = unwrap(model)
-    head = bare.get_output_embeddings()
-    softcap = getattr(getattr(bare, "config", None), "final_logit_softcapping", None)
     rows, cols, targets, scored = scored_positions(input_ids, response_mask)
-    gathered = hidden[rows, cols]
-    pieces = []
-    for start in range(0, gathered.shape[0], chunk_size):
-        h, t = gathered[start:start + chunk_size], targets[start:start + chunk_size]
-        if torch.is_grad_enabled() and h.requires_grad:
-            pieces.append(checkpoint(_chunk_logps, h, t, head, softcap, use_reentrant=False))
-        else:
-            pieces.append(_chunk_logps(h, t, head, softcap))
-    flat = torch.cat(pieces) if pieces else hidden.new_zeros(0, dtype=torch.float32)
-    return scatter_response(flat, rows, scored)
+    return scatter_response(chunked_logps(model, hidden[rows, cols], targets, chunk_size), rows, scored)
 
 
 def chunked_logps(model: torch.nn.Module, gathered: torch.Tensor, targets: torch.Tensor,
