@@ -1,6 +1,6 @@
 """The maths of one step as plain functions: policy forward -> per-token log-probs -> PairBatch -> loss.
 
-`PreferenceTrainer.compute_loss` only calls `pair_loss`; tests call it directly without a trainer.
+`PreferenceTrainer.compute_loss` calls `pair_batch` and the loss; tests call `pair_loss` directly without a trainer.
 """
 
 from __future__ import annotations
@@ -43,8 +43,10 @@ def build_pair_batch(policy: torch.Tensor, reference: torch.Tensor | None, mask:
 def pair_batch(model: torch.nn.Module, inputs: dict[str, torch.Tensor], loss: PreferenceLoss,
                reference: ReferenceSource | None, chunk_size: int = 256) -> PairBatch:
     """Run the policy once on chosen+rejected and get reference values if the loss needs them."""
-
     if needs_extras(loss):  # token KL, hidden states, activations (SparsePO): po/extras.py
+        if is_packed(inputs):
+            raise ValueError("a loss that needs token KL or hidden states takes plain rows, not packed ones; "
+                             "build its batches with po.data.PairCollator (po-train does)")
         return pair_batch_with_extras(model, inputs, loss, reference, chunk_size, BATCH_EXTRAS)
 
     def compute(m: torch.nn.Module) -> torch.Tensor:

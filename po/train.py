@@ -20,6 +20,7 @@ from po.callbacks import MetricsJsonl
 from po.config import build_loss, trainer_kwargs, validate
 from po.data import load_preference_data
 from po.distributed import deepspeed_cpu_state, is_main_process, world_size
+from po.extras import needs_extras
 from po.models import count_parameters, load_policy, load_reference, load_tokenizer
 from po.packing import choose_collator
 from po.peft import apply_peft, export_model, quantization_kwargs
@@ -59,7 +60,9 @@ def build_trainer(cfg: DictConfig, run_dir: Path) -> tuple[PreferenceTrainer, An
     strategy = resolve_strategy(cfg.reference.strategy, loss.needs_reference, cfg.peft.get("method", "none"))
     args = training_arguments(cfg, run_dir)
     policy = apply_peft(load_policy(cfg.model, tokenizer, cfg.seed, **quantization_kwargs(cfg)), cfg)
-    collator = choose_collator(cfg.trainer.get("packing", False), policy, tokenizer.pad_token_id, cfg.data.max_length)
+    # Losses that need extras (token KL, hidden states: SparsePO) read per-row model outputs: they use plain rows.
+    packing = cfg.trainer.get("packing", False) and not needs_extras(loss)
+    collator = choose_collator(packing, policy, tokenizer.pad_token_id, cfg.data.max_length)
     reference, cache_facts = None, None
     if strategy == "cached" and loss.needs_reference:  # po.refcache: stored values by pair; loads a reference model only on a cache miss
         collator = KeyedCollator(collator)

@@ -89,3 +89,25 @@ def test_learned_mask_under_deepspeed_is_a_config_error():
 def test_bad_sparsepo_values_are_config_errors(override, match):
     with pytest.raises(ConfigError, match=match):
         validate(compose_cfg(["loss=sparsepo", override]))
+
+
+def test_packing_setting_does_not_change_sparsepo(tmp_path):
+    """SparsePO reads per-row outputs, so it always trains on plain rows: the default (packing on) and
+    trainer.packing=false give the same losses, and a packed batch handed to it is refused."""
+    from po.data import PairCollator
+    from po.packing import PackedPairCollator
+    from po.step import pair_batch
+    common = ["loss=sparsepo", "loss.mask=none", "trainer.max_steps=4", "trainer.logging_steps=1",
+              "eval.before_training=false"]
+    run_train(tmp_path / "packed", common)
+    run_train(tmp_path / "plain", common + ["trainer.packing=false"])
+    losses = [[m["loss"] for m in read_metrics(tmp_path / d) if "loss" in m] for d in ("packed", "plain")]
+    assert len(losses[0]) == 4 and losses[0] == pytest.approx(losses[1], abs=1e-6)
+
+    examples = [{"prompt_ids": [1, 5, 6], "chosen_ids": [7, 8], "rejected_ids": [9], "row_id": 0}]
+    packed = PackedPairCollator(0)(examples)
+    assert "pack_bounds" in packed and "pack_bounds" not in PairCollator(0)(examples)
+    from losses.sparsepo import SparsePOLoss
+
+    with pytest.raises(ValueError, match="plain rows"):
+        pair_batch(torch.nn.Linear(1, 1), packed, SparsePOLoss(mask="none"), reference=None)
