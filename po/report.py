@@ -172,6 +172,15 @@ def markdown(table: dict[str, dict[str, Any]], runs: list[Run], sweep_dir: Path,
     return "\n".join(lines) + "\n"
 
 
+def _save(fig, out_dir: Path, name: str) -> str:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(out_dir / name, dpi=100)
+    plt.close(fig)
+    return name
+
+
 def plot(table: dict[str, dict[str, Any]], runs: list[Run], out_dir: Path, metric: str) -> list[str]:
     import matplotlib
 
@@ -193,10 +202,7 @@ def plot(table: dict[str, dict[str, Any]], runs: list[Run], out_dir: Path, metri
             ax.set_title(f"training loss: {loss}")
             ax.set_xlabel("step")
             ax.legend(fontsize=6)
-        fig.tight_layout()
-        fig.savefig(out_dir / "training_curves.png", dpi=100)
-        plt.close(fig)
-        written.append("training_curves.png")
+        written.append(_save(fig, out_dir, "training_curves.png"))
 
     points = defaultdict(list)
     for row in table.values():
@@ -211,10 +217,7 @@ def plot(table: dict[str, dict[str, Any]], runs: list[Run], out_dir: Path, metri
         ax.set_xlabel("beta")
         ax.set_ylabel(metric)
         ax.legend(fontsize=7)
-        fig.tight_layout()
-        fig.savefig(out_dir / "metric_vs_beta.png", dpi=100)
-        plt.close(fig)
-        written.append("metric_vs_beta.png")
+        written.append(_save(fig, out_dir, "metric_vs_beta.png"))
 
     gen = [(r.loss, r.metrics()["eval_gen/kl_to_reference"], r.metrics()["eval_gen/length_mean"])
            for r in finished if "eval_gen/kl_to_reference" in r.metrics()]
@@ -225,10 +228,7 @@ def plot(table: dict[str, dict[str, Any]], runs: list[Run], out_dir: Path, metri
         ax.set_xlabel("KL to reference (sampled estimate)")
         ax.set_ylabel("mean response length")
         ax.legend(fontsize=7)
-        fig.tight_layout()
-        fig.savefig(out_dir / "length_vs_kl.png", dpi=100)
-        plt.close(fig)
-        written.append("length_vs_kl.png")
+        written.append(_save(fig, out_dir, "length_vs_kl.png"))
     return written
 
 
