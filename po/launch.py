@@ -17,10 +17,10 @@ import os
 import subprocess
 from pathlib import Path
 
+from po.distributed import is_main_process
+from po.preemption import MARKER
+
 log = logging.getLogger(__name__)
-
-PREEMPTED_MARKER = "PREEMPTED"
-
 
 def submitit_executor() -> str | None:
     """'slurm' or 'local' inside a job started by submitit, else None."""
@@ -41,7 +41,7 @@ def prepare_submitit_job(run_dir: Path) -> None:
         log.info("submitit task %d of %d (rendezvous %s:%d)", dist.rank, dist.world_size, dist.master_addr,
                  dist.master_port)
     if job.global_rank == 0:
-        (Path(run_dir) / PREEMPTED_MARKER).unlink(missing_ok=True)  # from an earlier start of this point
+        (Path(run_dir) / MARKER).unlink(missing_ok=True)  # from an earlier start of this point
 
 
 def requeue_if_preempted(run_dir: Path) -> None:
@@ -50,9 +50,9 @@ def requeue_if_preempted(run_dir: Path) -> None:
     As submitit's own requeue does: exiting by SystemExit writes no result file, so the sweep keeps waiting for
     the requeued job instead of taking the interrupted run as finished.
     """
-    if submitit_executor() != "slurm" or not (Path(run_dir) / PREEMPTED_MARKER).exists():
+    if submitit_executor() != "slurm" or not (Path(run_dir) / MARKER).exists():
         return
-    if int(os.environ.get("RANK", "0")) != 0:
+    if not is_main_process():
         return
     job_id = os.environ["SLURM_JOB_ID"]
     log.warning("preempted: checkpoint saved in %s; requeueing Slurm job %s to resume", run_dir, job_id)

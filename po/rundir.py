@@ -23,6 +23,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from po import checkpoints
+from po.distributed import is_main_process
 from po.errors import ConfigError, POError
 from po.guard import REPORT
 from po.preemption import MARKER
@@ -31,10 +32,6 @@ log = logging.getLogger(__name__)
 
 FINGERPRINT = "data_fingerprint.json"
 OUTPUTS = ("checkpoints", "metrics.jsonl", "summary.json", "model", MARKER, FINGERPRINT, REPORT)
-
-
-def _is_main() -> bool:
-    return int(os.environ.get("RANK", "0")) == 0
 
 
 def data_fingerprint(data_cfg: DictConfig) -> dict:
@@ -125,7 +122,7 @@ def previous_outputs(run_dir: Path) -> list[str]:
 
 
 def _start_fresh(run_dir: Path, fingerprint: dict, clear: bool) -> None:
-    if not _is_main():
+    if not is_main_process():
         return
     if clear:
         for name in OUTPUTS:
@@ -143,7 +140,7 @@ def _resume_from(run_dir: Path, checkpoint: Path, fingerprint: dict) -> str:
     if step is None:
         state = json.loads((checkpoint / "trainer_state.json").read_text())
         step = int(state["global_step"])
-    if _is_main():
+    if is_main_process():
         if checkpoint.parent.resolve() == (run_dir / "checkpoints").resolve():
             for moved in checkpoints.set_aside_newer(checkpoint.parent, step):
                 log.warning("set aside %s: it is newer than the checkpoint this run resumes from", moved)
@@ -188,7 +185,7 @@ def prepare_run_dir(cfg: DictConfig, run_dir: Path) -> str | None:
                 raise POError(f"trainer.resume={resume}: this checkpoint is damaged: {problem}; "
                               "pick another checkpoint or use trainer.resume=auto")
         return _resume_from(run_dir, checkpoint, fingerprint)
-    if _is_main():
+    if is_main_process():
         checkpoints.remove_incomplete(output_dir)
     checkpoint, skipped = checkpoints.newest_complete(output_dir)
     for reason in skipped:
