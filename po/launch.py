@@ -22,6 +22,7 @@ from po.preemption import MARKER
 
 log = logging.getLogger(__name__)
 
+
 def submitit_executor() -> str | None:
     """'slurm' or 'local' inside a job started by submitit, else None."""
     return os.environ.get("SUBMITIT_EXECUTOR")
