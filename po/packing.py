@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from po.data.collate import PairCollator
-from po.logprobs import chunked_logps, final_hidden_states, unwrap
+from po.logprobs import chunked_logps, final_hidden_states, response_masks, token_logps, unwrap
 
 log = logging.getLogger(__name__)
 
@@ -131,9 +131,14 @@ def packed_token_logps(model: torch.nn.Module, inputs: dict[str, torch.Tensor], 
 
 def batch_response_masks(inputs: dict[str, torch.Tensor]) -> torch.Tensor:
     """The `[2B, L]` response mask of either layout."""
-    from po.logprobs import response_masks
-
     return packed_response_masks(inputs) if is_packed(inputs) else response_masks(inputs["response_mask"])
+
+
+def batch_token_logps(model: torch.nn.Module, inputs: dict[str, torch.Tensor], chunk_size: int = 256) -> torch.Tensor:
+    """Response-aligned `[2B, L]` log-probs of either layout (packed rows or B chosen + B rejected rows)."""
+    if is_packed(inputs):
+        return packed_token_logps(model, inputs, chunk_size)
+    return token_logps(model, inputs["input_ids"], inputs["attention_mask"], inputs["response_mask"], chunk_size)
 
 
 # --- whether a model takes the packed layout exactly ----------------------------------------------------------
@@ -170,8 +175,6 @@ def packing_support(model: torch.nn.Module, max_length: int | None = None) -> tu
 
 
 def _probe(model: torch.nn.Module) -> float:
-    from po.logprobs import response_masks, token_logps
-
     vocab = unwrap(model).get_output_embeddings().weight.shape[0]
     device = next(unwrap(model).parameters()).device
     g = torch.Generator().manual_seed(0)

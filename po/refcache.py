@@ -171,21 +171,11 @@ class KeyedCollator:
         return batch
 
 
-def batch_logps(model: torch.nn.Module, inputs: dict[str, torch.Tensor], chunk_size: int = 256) -> torch.Tensor:
-    """Response-aligned `[2B, L]` log-probs of either batch layout (the path `po.step.pair_loss` takes)."""
-    from po.logprobs import token_logps
-    from po.packing import is_packed, packed_token_logps
-
-    if is_packed(inputs):
-        return packed_token_logps(model, inputs, chunk_size)
-    return token_logps(model, inputs["input_ids"], inputs["attention_mask"], inputs["response_mask"], chunk_size)
-
-
 @torch.no_grad()
 def compute_table(model: torch.nn.Module, datasets: Iterable[Any], collator: KeyedCollator, key: str,
                   batch_size: int, device: torch.device | str, chunk_size: int = 256) -> dict[str, Any]:
     """Run the reference model once over every pair and collect its per-token log-probs by pair key."""
-    from po.packing import batch_response_masks
+    from po.packing import batch_response_masks, batch_token_logps
 
     model.eval()
     keys, chosen, rejected = [], [], []
@@ -195,7 +185,7 @@ def compute_table(model: torch.nn.Module, datasets: Iterable[Any], collator: Key
         for start in range(0, len(ds), batch_size):
             examples = [ds[i] for i in range(start, min(start + batch_size, len(ds)))]
             batch = {k: v.to(device) for k, v in collator(examples).items()}
-            values = batch_logps(model, batch, chunk_size).float().cpu()
+            values = batch_token_logps(model, batch, chunk_size).float().cpu()
             mask = batch_response_masks(batch).cpu()
             b = len(examples)
             for i in range(b):

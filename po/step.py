@@ -11,8 +11,7 @@ import torch
 
 from losses.base import LossOutput, PairBatch, PreferenceLoss
 from po.extras import needs_extras, pair_batch_with_extras
-from po.logprobs import response_masks, token_logps
-from po.packing import batch_response_masks, is_packed, packed_token_logps
+from po.packing import batch_response_masks, batch_token_logps, is_packed
 
 ReferenceSource = Callable[[torch.nn.Module, Callable[[torch.nn.Module], torch.Tensor]], torch.Tensor]
 BATCH_EXTRAS = ("annotator", "weight", "row_ids")
@@ -49,10 +48,8 @@ def pair_batch(model: torch.nn.Module, inputs: dict[str, torch.Tensor], loss: Pr
                              "build its batches with po.data.PairCollator (po-train does)")
         return pair_batch_with_extras(model, inputs, loss, reference, chunk_size, BATCH_EXTRAS)
 
-    def compute(m: torch.nn.Module) -> torch.Tensor:
-        if is_packed(inputs):  # one row per pair (po.packing); same [2B, L] values as the plain layout
-            return packed_token_logps(m, inputs, chunk_size)
-        return token_logps(m, inputs["input_ids"], inputs["attention_mask"], inputs["response_mask"], chunk_size)
+    def compute(m: torch.nn.Module) -> torch.Tensor:  # packed rows or plain rows: the same [2B, L] values
+        return batch_token_logps(m, inputs, chunk_size)
 
     ref = None
     if loss.needs_reference:
