@@ -25,7 +25,8 @@ from typing import Any
 import torch
 
 from losses.base import PairBatch, PreferenceLoss
-from po.logprobs import final_hidden_states, response_masks, scatter_response, scored_positions, unwrap
+from po.logprobs import (final_hidden_states, output_head, response_masks, scatter_response, scored_positions,
+                          unwrap)
 from po.token_kl import chunked_token_kl
 
 log = logging.getLogger(__name__)
@@ -136,9 +137,8 @@ def _view(model: torch.nn.Module, inputs: dict[str, torch.Tensor], prefix: str, 
         spans[f"{prefix}_last_hidden_state"] = _layer_span(out.hidden_states, True, rows, cols, scored)
     if recorder is not None:
         spans[f"{prefix}_activations"] = response_span(recorder.stacked(out.hidden_states), rows, cols, scored)
-    bare = unwrap(model)
-    softcap = getattr(getattr(bare, "config", None), "final_logit_softcapping", None)
-    return _ModelView(hidden[rows, cols], bare.get_output_embeddings(), softcap, spans)
+    head, softcap = output_head(model)
+    return _ModelView(hidden[rows, cols], head, softcap, spans)
 
 
 def _split(values: torch.Tensor, mask: torch.Tensor, extra: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -28,10 +28,22 @@ def final_hidden_states(model: torch.nn.Module, input_ids: torch.Tensor, attenti
     return out.hidden_states[-1], out
 
 
-def _chunk_logps(hidden: torch.Tensor, targets: torch.Tensor, head: torch.nn.Module, softcap: float | None):
+def output_head(model: torch.nn.Module) -> tuple[torch.nn.Module, float | None]:
+    """The model's LM head and its final-logit soft-cap (Gemma-2 style; None for most models)."""
+    bare = unwrap(model)
+    return bare.get_output_embeddings(), getattr(getattr(bare, "config", None), "final_logit_softcapping", None)
+
+
+def head_logits(hidden: torch.Tensor, head: torch.nn.Module, softcap: float | None) -> torch.Tensor:
+    """fp32 logits of `hidden` under `head`, soft-capped when the model caps them."""
     logits = head(hidden).float()
     if softcap:
         logits = torch.tanh(logits / softcap) * softcap
+    return logits
+
+
+def _chunk_logps(hidden: torch.Tensor, targets: torch.Tensor, head: torch.nn.Module, softcap: float | None):
+    logits = head_logits(hidden, head, softcap)
     return logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
 
 
@@ -52,9 +64,7 @@ def token_logps_from_hidden(model: torch.nn.Module, hidden: torch.Tensor, input_
 def chunked_logps(model: torch.nn.Module, gathered: torch.Tensor, targets: torch.Tensor,
                   chunk_size: int = 256) -> torch.Tensor:
     """Flat fp32 log-probs of `targets` from hidden states `[N, H]` at any scored positions (packed layouts)."""
-    bare = unwrap(model)
-    head = bare.get_output_embeddings()
-    softcap = getattr(getattr(bare, "config", None), "final_logit_softcapping", None)
+    head, softcap = output_head(model)
     pieces = []
     for start in range(0, gathered.shape[0], chunk_size):
         h, t = gathered[start:start + chunk_size], targets[start:start + chunk_size]

@@ -13,12 +13,11 @@ from __future__ import annotations
 import torch
 from torch.utils.checkpoint import checkpoint
 
+from po.logprobs import head_logits
+
 
 def _log_softmax(hidden: torch.Tensor, head: torch.nn.Module, softcap: float | None) -> torch.Tensor:
-    logits = head(hidden).float()
-    if softcap:
-        logits = torch.tanh(logits / softcap) * softcap
-    return torch.log_softmax(logits, dim=-1)
+    return torch.log_softmax(head_logits(hidden, head, softcap), dim=-1)
 
 
 def _chunk(policy_hidden: torch.Tensor, ref_hidden: torch.Tensor, targets: torch.Tensor,
