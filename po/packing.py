@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from po.data.collate import PairCollator
+from po.data.collate import PairCollator, carried_columns
 from po.logprobs import chunked_logps, final_hidden_states, response_masks, token_logps, unwrap
 
 log = logging.getLogger(__name__)
@@ -62,11 +62,7 @@ class PackedPairCollator:
             bounds[i] = torch.tensor([len(p) - 1, rs, n])
         batch = {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids,
                  "response_mask": response_mask, PACK_KEY: bounds}
-        batch["row_ids"] = torch.tensor([e["row_id"] for e in examples], dtype=torch.long)
-        for key in ("annotator", "weight"):
-            if key in examples[0]:
-                batch[key] = torch.tensor([e[key] for e in examples])
-        return batch
+        return {**batch, **carried_columns(examples)}
 
 
 def is_packed(inputs: dict[str, torch.Tensor]) -> bool:

@@ -27,8 +27,13 @@ class PairCollator:
             attention_mask[i, :n] = 1
             response_mask[i, len(prompt):n] = True
         batch = {"input_ids": input_ids, "attention_mask": attention_mask, "response_mask": response_mask}
-        batch["row_ids"] = torch.tensor([e["row_id"] for e in examples], dtype=torch.long)
-        for key in ("annotator", "weight"):
-            if key in examples[0]:
-                batch[key] = torch.tensor([e[key] for e in examples])
-        return batch
+        return {**batch, **carried_columns(examples)}
+
+
+def carried_columns(examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    """Per-pair values every layout passes through: row ids and the optional annotator and weight columns."""
+    out = {"row_ids": torch.tensor([e["row_id"] for e in examples], dtype=torch.long)}
+    for key in ("annotator", "weight"):
+        if key in examples[0]:
+            out[key] = torch.tensor([e[key] for e in examples])
+    return out
