@@ -55,7 +55,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path) -> tuple[PreferenceTrainer, An
     tokenizer = load_tokenizer(cfg.model)
     use_annotator_column(cfg)
     data = load_preference_data(cfg.data, tokenizer, cfg.seed)
-    configure_weighting(cfg, data.annotators, run_dir)
+    configure_weighting(cfg, data.annotator_ids, run_dir)
     loss = build_loss(cfg)
     strategy = resolve_strategy(cfg.reference.strategy, loss.needs_reference, cfg.peft.get("method", "none"))
     args = training_arguments(cfg, run_dir)

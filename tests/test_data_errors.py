@@ -116,17 +116,3 @@ def test_strict_accepts_clean_data_and_the_margin_filter(tmp_path):
             for c, s in (("a", 5), ("b", 1.5))]
     data = load(write_jsonl(tmp_path / "u.jsonl", rows), "data.strict=true", "data.min_score_margin=1")
     assert len(data.train) == 1
-
-
-def test_tokenize_rows_counts_identical_and_too_long_pairs():
-    """The first version's in-memory entry point keeps its contract: kept records, dropped rows counted."""
-    from data_helpers import TOK
-
-    from po.data import DataReport, tokenize_rows
-    from po.data.pairs import Pair
-
-    pairs = [Pair("Q", " yes", " no", "r1"), Pair("Q", " same", " same", "r2"), Pair("Q " * 50, " a", " b", "r3")]
-    report = DataReport()
-    records = tokenize_rows(pairs, TOK, max_length=20, max_prompt_length=None, report=report)
-    assert [r["row_id"] for r in records] == [0] and (report.rows, report.kept) == (3, 1)
-    assert report.identical == ["r2"] and report.dropped_length == ["r3"]

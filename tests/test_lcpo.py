@@ -8,11 +8,10 @@ import socket
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from losses.base import PairBatch
 from losses.dpo import DPOLoss
-from losses.lcpo import ETA_MAX, ETA_MIN, LCPOWeighting, e_step, m_step
+from losses.lcpo import ETA_MAX, ETA_MIN, LCPOWeighting, m_step
 
 
 def pairs(h: list[float], annotator: list[int] | None = None, requires_grad: bool = False) -> PairBatch:

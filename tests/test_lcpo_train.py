@@ -35,7 +35,7 @@ def final_eta(run_dir: Path) -> torch.Tensor:
 
 def noisy_overrides(tmp_path: Path) -> list[str]:
     data = noisy_toy(tmp_path / "noisy.jsonl")
-    return [f"data=jsonl", f"data.path={data}", "data.eval_fraction=0", "weighting=lcpo", "weighting.alpha=0.5",
+    return ["data=jsonl", f"data.path={data}", "data.eval_fraction=0", "weighting=lcpo", "weighting.alpha=0.5",
             "loss.beta=1.0", "trainer.logging_steps=1", "eval.before_training=false"]
 
 

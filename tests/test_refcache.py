@@ -36,7 +36,7 @@ def _losses(run_dir: Path) -> torch.Tensor:
 
 @pytest.mark.slow
 def test_miss_then_hit_same_losses_as_live_reference(tmp_path, monkeypatch):
-    live = run_train(tmp_path / "live", SHORT + ["reference=model"])
+    run_train(tmp_path / "live", SHORT + ["reference=model"])
     miss = run_train(tmp_path / "miss", _cached(tmp_path))
     assert miss["reference_cache"]["hit"] is False and miss["reference_cache"]["written"] is True
     assert miss["models_loaded"] == 2

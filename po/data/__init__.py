@@ -15,21 +15,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from omegaconf import DictConfig
-from tqdm.auto import tqdm
 
 from po.annotators import UNSEEN
 from po.data.collate import PairCollator
 from po.data.options import Source, check_data_config, sources_of
-from po.data.pairs import Pair, to_pair  # noqa: F401  (re-exported for callers of the first version)
-from po.data.prepare import PairTokenizer, tokenize_source
+from po.data.prepare import tokenize_source
 from po.data.report import DataReport, length_stats, strict_error
 from po.data.sources import read_rows
-from po.data.tokenize import tokenize_pair, truncate  # noqa: F401  (re-exported)
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DataReport", "PairCollator", "PreferenceData", "check_data_config", "load_preference_data",
-           "tokenize_rows"]
+__all__ = ["DataReport", "PairCollator", "PreferenceData", "check_data_config", "load_preference_data"]
 INTERNAL_COLUMNS = ["status", "where", "truncated", "extra"]
 
 
@@ -42,30 +38,6 @@ class PreferenceData:
     # annotator id (as a string) -> index 0..K-1, from the training split (sorted), when an annotator column is
     # carried; held-out ids the training split never had become -1 (LCPO then uses the mean reliability).
     annotator_ids: dict[str, int] | None = None
-
-    @property
-    def annotators(self) -> dict[str, int] | None:
-        return self.annotator_ids
-
-
-def tokenize_rows(pairs: list[Pair], tokenizer, max_length: int, max_prompt_length: int | None,
-                  report: DataReport) -> list[dict[str, Any]]:
-    """Tokenize and truncate pairs in memory (no cache), dropping and counting those with no room or no difference."""
-    out = []
-    report.rows += len(pairs)
-    fn = PairTokenizer(tokenizer, max_length, max_prompt_length)
-    for pair in tqdm(pairs, desc="tokenizing", disable=len(pairs) < 2000, leave=False):
-        result = fn({"status": "", "where": pair.where,
-                     "pair": json.dumps({"prompt": pair.prompt, "chosen": pair.chosen, "rejected": pair.rejected})})
-        if result.get("status"):
-            getattr(report, result["status"]).append(pair.where)
-            continue
-        if result["truncated"]:
-            report.truncated.append(pair.where)
-        out.append({"prompt_ids": result["prompt_ids"], "chosen_ids": result["chosen_ids"],
-                    "rejected_ids": result["rejected_ids"], "row_id": len(out), **pair.extra})
-    report.kept += len(out)
-    return out
 
 
 def _weighted(indices: list[int], weight: float, rng: random.Random) -> list[int]:
