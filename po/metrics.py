@@ -9,21 +9,25 @@ import torch.distributed as dist
 
 
 class MetricAccumulator:
-    """Collects per-pair metric tensors between two logging points; `reduce` all-reduces sums and counts."""
+    """Collects per-pair metric tensors between two logging points; `reduce` all-reduces sums and counts.
+
+    Sums stay tensors on the values' device until `reduce`, so adding metrics on the hot path never waits for
+    the accelerator (no `.item()` per micro-batch); the one transfer happens at a logging step.
+    """
 
     def __init__(self):
-        self.sums: dict[str, float] = defaultdict(float)
+        self.sums: dict[str, torch.Tensor | float] = defaultdict(float)
         self.counts: dict[str, float] = defaultdict(float)
 
     def add(self, metrics: dict[str, torch.Tensor | float]) -> None:
         for name, value in metrics.items():
-            value = value.detach().float() if torch.is_tensor(value) else torch.tensor(float(value))
-            self.sums[name] += value.sum().item()
+            value = value.detach().double() if torch.is_tensor(value) else torch.tensor(float(value), dtype=torch.float64)
+            self.sums[name] = self.sums[name] + value.sum()
             self.counts[name] += value.numel()
 
-    def add_total(self, name: str, amount: float) -> None:
+    def add_total(self, name: str, amount: torch.Tensor | float) -> None:
         """A quantity that is summed, not averaged (e.g. tokens processed)."""
-        self.sums[name] += amount
+        self.sums[name] = self.sums[name] + (amount.detach().double() if torch.is_tensor(amount) else amount)
         self.counts[name] = 1.0
 
     def reduce(self, totals: set[str] = frozenset()) -> dict[str, float]:
@@ -37,7 +41,8 @@ class MetricAccumulator:
             gathered: list[list[str]] = [None] * dist.get_world_size()  # type: ignore[list-item]
             dist.all_gather_object(gathered, names)
             names = sorted(set().union(*gathered))
-        values = torch.tensor([[self.sums.get(n, 0.0), self.counts.get(n, 0.0)] for n in names], dtype=torch.float64)
+        values = torch.tensor([[_as_float(self.sums.get(n, 0.0)), self.counts.get(n, 0.0)] for n in names],
+                              dtype=torch.float64)
         if dist.is_available() and dist.is_initialized() and names:
             device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
             values = values.to(device)
@@ -50,3 +55,7 @@ class MetricAccumulator:
             if count > 0:
                 out[name] = total if name in totals else total / count
         return out
+
+
+def _as_float(value: torch.Tensor | float) -> float:
+    return float(value.item()) if torch.is_tensor(value) else float(value)

@@ -45,10 +45,10 @@ class PreferenceTrainer(ReliableTrainerMixin, Trainer):
         acc.add(out.metrics)
         if not model.training:
             acc.add(loss_independent_metrics(batch))
-        tokens = float(inputs["attention_mask"].sum().item())
+        tokens = inputs["attention_mask"].sum()  # a tensor: no device sync on the hot path
         acc.add_total("num_tokens", tokens)
         if model.training:
-            self._local_train_tokens += tokens
+            self._local_train_tokens = self._local_train_tokens + tokens
         return (loss, out) if return_outputs else loss
 
     def _get_dataloader(self, dataset, description, batch_size, sampler_fn=None, is_training=False,
