@@ -46,16 +46,25 @@ class NonFiniteGuard(TrainerCallback):
         self._loss_bad = False
         self._loss_value = None
         self._rows: list[int] = []
+        self._micro_losses: list[torch.Tensor] = []   # this step's micro-batch losses, read once per step
+        self._micro_rows: list[torch.Tensor] = []
         self._step_bad = False
         self._loss_state = None
 
-    # called by the trainer after each micro-batch's forward/backward
+    # called by the trainer after each micro-batch's forward/backward; kept as tensors (no device sync here)
     def note_micro_batch(self, loss: torch.Tensor, row_ids: torch.Tensor | None) -> None:
+        self._micro_losses.append(loss.detach())
         if row_ids is not None:
-            self._rows.extend(int(r) for r in row_ids.tolist())
-        if not torch.isfinite(loss.detach()).all():
+            self._micro_rows.append(row_ids.detach())
+
+    def _read_micro_batches(self) -> None:
+        """Once per optimizer step: was any micro-batch loss non-finite, and which rows did the step use."""
+        self._rows = [int(r) for rows in self._micro_rows for r in rows.tolist()]
+        bad = [loss for loss in self._micro_losses if not torch.isfinite(loss).all()]
+        if bad:
             self._loss_bad = True
-            self._loss_value = float(loss.detach().float().mean())
+            self._loss_value = float(bad[-1].float().mean())
+        self._micro_losses, self._micro_rows = [], []
 
     def state(self) -> dict:
         return {"total": self.total, "consecutive": self.consecutive}
@@ -69,6 +78,7 @@ class NonFiniteGuard(TrainerCallback):
             self._loss_state = copy.deepcopy(self.loss_module.state_dict())
 
     def on_pre_optimizer_step(self, args, state, control, **kwargs):
+        self._read_micro_batches()
         grads = [p.grad for p in self.model.parameters() if p.grad is not None]
         grads_bad = bool(grads) and not torch.isfinite(torch.nn.utils.get_total_norm(grads)).item()
         self._step_bad = any_rank(self._loss_bad or grads_bad, self.device)
