@@ -101,6 +101,8 @@ def store(folder: Path, table) -> bool:
             table.save_to_disk(str(staged), num_proc=None)
             seal(staged)
     except WriteError as exc:
+        if folder.exists() and problem(folder) is None:
+            return False  # a concurrent writer renamed its entry into place first: nothing to warn about
         log.warning("tokenized-data cache not written: cannot write %s (%s); this run continues without it (set "
                     "data.cache_dir to a writable folder with free space, or data.cache=false)", exc.path, exc.reason)
         return False

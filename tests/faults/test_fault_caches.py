@@ -265,3 +265,28 @@ def test_killed_tokenized_cache_writer_leaves_no_entry(tmp_path):
 
     assert load(path).reports["train"].cache == "miss"  # no entry was visible: tokenized again, then stored
     assert load(path).reports["train"].cache == "hit"
+
+
+def test_tokenized_cache_writer_that_loses_a_race_stays_quiet(tmp_path, monkeypatch, caplog):
+    """Two runs miss at once: the one whose rename fails because the other's entry just appeared keeps that entry,
+    with no warning (the rename is made to fail as it does in that race: ENOTEMPTY)."""
+    import errno
+
+    import datasets
+
+    import po.atomic
+
+    table = datasets.Dataset.from_dict({"prompt_ids": [[1, 2]], "chosen_ids": [[3]], "rejected_ids": [[4]]})
+    winner = tmp_path / "winner"
+    assert data_cache.store(winner, table)
+
+    def lose_the_race(staged, final):
+        shutil.copytree(winner, final)  # the other run's entry lands first
+        raise OSError(errno.ENOTEMPTY, "Directory not empty")
+
+    monkeypatch.setattr(po.atomic, "replace_dir", lose_the_race)
+    caplog.set_level(logging.WARNING)
+    entry = tmp_path / "cache" / "k"
+    assert data_cache.store(entry, table) is False
+    assert data_cache.problem(entry) is None and caplog.records == []
+    assert [p.name for p in entry.parent.iterdir()] == ["k"]  # the staged copy is gone
