@@ -7,6 +7,9 @@ Examples:
     po-cache-ref data=jsonl data.path=prefs.jsonl data.max_length=1024
     po-cache-ref model=hf model.name_or_path=Qwen/Qwen2.5-0.5B-Instruct reference.dir=/shared/po-cache
     po-train -m reference=cached reference.dir=/shared/po-cache loss=dpo,ipo loss.beta=0.05,0.1
+
+A file already there is verified by its checksum; a damaged one is recomputed and replaced. A file that cannot be
+written (disk full, read-only folder) is one `po-cache-ref: error:` line naming it, and no partial file is left.
 """
 
 from __future__ import annotations
@@ -43,7 +46,8 @@ def fill_reference_cache(cfg: DictConfig) -> dict[str, Any]:
     data = load_preference_data(cfg.data, tokenizer, cfg.seed)
     device = "cuda" if torch.cuda.is_available() and not cfg.trainer.get("use_cpu") else "cpu"
     reference, facts = reference_from_cache(cfg, tokenizer, data, None, device,
-                                            cfg.trainer.per_device_eval_batch_size, cfg.trainer.logps_chunk_size)
+                                            cfg.trainer.per_device_eval_batch_size, cfg.trainer.logps_chunk_size,
+                                            must_write=True)  # writing the file is this command's whole job
     facts["pairs"] = len(reference.index)
     return facts
 

@@ -10,8 +10,15 @@ A changed model, tokenizer, data or setting is a different file, so a stale cach
 
 Pairs are looked up by a content digest of their token ids (`pair_keys`, added to each batch by `KeyedCollator`),
 which survives shuffling and is unique across the train and held-out splits. Files are written to a temporary name
-in the same folder and renamed into place (`os.replace`, atomic): a killed writer leaves only a temporary file that
-no reader opens, and of two concurrent writers of the same key the later one discards its copy.
+in the same folder and renamed into place (po.atomic): a killed writer leaves only a temporary file that no reader
+opens, and a writer that finds a valid file for its key already there (a concurrent run) discards its copy.
+
+Every table carries `sha256`, a checksum of its content (every tensor's dtype, shape and bytes, and the other
+fields), recomputed and compared on every read. A file that does not load, fails the comparison (bytes flipped on
+disk or in a copy), has no checksum (written by an older po) or belongs to another key is reported in one warning
+line naming it, treated as a miss, recomputed and replaced. Verifying a table costs about 1 s per GB on top of
+loading it (docs/performance.md). A file that cannot be written (disk full, read-only folder) is a warning for
+`po-train`, which goes on with the values in memory, and an error for `po-cache-ref`, whose job is to write it.
 
 Only losses whose `needs` are a subset of {"token_logps"} can use it (`po.config.validate` refuses the others).
 """
@@ -22,13 +29,13 @@ import hashlib
 import json
 import logging
 import os
-import uuid
 from pathlib import Path
 from typing import Any, Iterable
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from po.atomic import WriteError, write_atomic
 from po.errors import POError
 
 log = logging.getLogger(__name__)
@@ -36,8 +43,10 @@ log = logging.getLogger(__name__)
 CACHE_FORMAT = 1
 DEFAULT_DIR = "~/.cache/po/reference"
 SERVED_NEEDS = frozenset({"token_logps"})
-# data-group keys that only choose rows: the row fingerprint already covers them
-_ROW_SELECTION_KEYS = {"path", "name", "split", "eval_path", "eval_split", "eval_fraction", "max_rows"}
+# data-group keys that only choose rows (the row fingerprint already covers them) or only say how to run (where the
+# tokenized data is cached, how many processes tokenize, what po-data prints, errors instead of drops)
+_ROW_SELECTION_KEYS = {"path", "name", "split", "eval_path", "eval_split", "eval_fraction", "max_rows",
+                       "cache", "cache_dir", "num_proc", "show_examples", "strict"}
 
 
 # --- identities -------------------------------------------------------------------------------------------------
@@ -126,34 +135,65 @@ def cache_path(directory: Path, key: str) -> Path:
     return Path(directory) / f"{key}.pt"
 
 
-def write_atomic(path: Path, table: dict[str, Any]) -> bool:
-    """Write `table` to `path` via a temporary file and `os.replace`; False if another writer got there first."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
+def table_checksum(table: dict[str, Any]) -> str:
+    """sha256 of a table's content: every field but `sha256` in name order; tensors by dtype, shape and bytes."""
+    digest = hashlib.sha256()
+    for name in sorted(k for k in table if k != "sha256"):
+        value = table[name]
+        digest.update(name.encode() + b"\0")
+        if isinstance(value, torch.Tensor):
+            flat = value.detach().cpu().contiguous().reshape(-1)
+            digest.update(f"{flat.dtype}{tuple(value.shape)}".encode())
+            digest.update(flat.view(torch.uint8).numpy())  # the tensor's own memory: no copy
+        else:
+            digest.update(json.dumps(value, sort_keys=True, default=str).encode())
+        digest.update(b"\0")
+    return digest.hexdigest()
+
+
+def _problem(table: Any, key: str) -> str | None:
+    """None when `table` is a valid table for `key`, else what is wrong with it (a phrase)."""
+    if not isinstance(table, dict):
+        return f"holds a {type(table).__name__}, not a cache table"
+    if "sha256" not in table:
+        return "has no checksum (written by an older po)"
+    if table_checksum(table) != table["sha256"]:
+        return "does not match its checksum (corrupted)"
+    if table.get("key") != key or table.get("format") != CACHE_FORMAT:
+        return f"was written for another key or format (key {table.get('key')}, format {table.get('format')})"
+    return None
+
+
+def _load(path: Path, key: str) -> tuple[dict[str, Any] | None, str | None]:
+    """(table, None) for a valid table of `key` at `path`; (None, what is wrong) otherwise."""
     try:
-        with open(tmp, "wb") as fh:
-            torch.save(table, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        if path.exists():  # a concurrent run finished the same key: keep its file, discard ours
-            return False
-        os.replace(tmp, path)
-        return True
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+        table = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated, not a torch file, unreadable
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        return None, f"is unreadable ({type(exc).__name__}: {first[:120]})"
+    problem = _problem(table, key)
+    return (None, problem) if problem else (table, None)
+
+
+def write_table(path: Path, table: dict[str, Any]) -> bool:
+    """Seal `table` with its checksum and write it to `path` atomically, replacing a bad file; False (nothing
+    written) when a valid file for this key is already there. A failed write raises `po.atomic.WriteError`."""
+    table["sha256"] = table_checksum(table)
+    if path.exists() and _load(path, table.get("key"))[0] is not None:
+        return False  # a concurrent run finished the same key: keep its file
+    write_atomic(path, lambda fh: torch.save(table, fh))
+    return True
 
 
 def read_table(path: Path, key: str) -> dict[str, Any] | None:
-    """The stored table for `key`, or None (missing, unreadable, or written for another key)."""
+    """The stored table for `key` if its checksum verifies, else None: missing, or bad (one warning line)."""
     if not path.is_file():
         return None
-    try:
-        table = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # never trust a file that does not load: recompute it
-        log.warning("reference cache %s is unreadable (%s); recomputing it", path, type(exc).__name__)
+    table, problem = _load(path, key)
+    if problem is not None:
+        log.warning("reference cache %s %s; recomputing and replacing it", path, problem)
         return None
-    return table if table.get("key") == key and table.get("format") == CACHE_FORMAT else None
+    return table
 
 
 # --- values -----------------------------------------------------------------------------------------------------
@@ -235,8 +275,11 @@ class CachedReference:
 
 
 def reference_from_cache(cfg: DictConfig, tokenizer, data, collator, device, batch_size: int,
-                         chunk_size: int = 256) -> tuple[CachedReference, dict[str, Any]]:
-    """Open the cache for this config, filling it first on a miss (the only case that loads a reference model)."""
+                         chunk_size: int = 256, must_write: bool = False) -> tuple[CachedReference, dict[str, Any]]:
+    """Open the cache for this config, filling it first on a miss (the only case that loads a reference model).
+
+    A cache file that cannot be written raises `WriteError` when `must_write` (po-cache-ref), else it is one warning
+    line and the values are used from memory (po-train)."""
     from po import models
 
     datasets = [data.train, data.eval]
@@ -254,7 +297,14 @@ def reference_from_cache(cfg: DictConfig, tokenizer, data, collator, device, bat
                                                      tokenizer.pad_token_id, cfg.data.max_length))
         table = compute_table(model, datasets, collator, key, batch_size, device, chunk_size)
         del model
-        facts["written"] = write_atomic(path, table)
+        try:
+            facts["written"] = write_table(path, table)
+        except WriteError as exc:
+            if must_write:
+                raise
+            log.warning("reference cache not written: cannot write %s (%s); this run uses the values from memory "
+                        "(set reference.dir to a writable folder with free space)", exc.path, exc.reason)
+            facts["written"] = False
     else:
         log.info("reference cache hit: %s (no reference model loaded)", path)
     return CachedReference(table), facts

@@ -14,7 +14,7 @@ from conftest import REPO, compose_cfg, read_metrics, run_train
 from po.data import load_preference_data
 from po.errors import ConfigError
 from po.models import load_tokenizer
-from po.refcache import cache_key, cache_path, read_table, write_atomic
+from po.refcache import cache_key, cache_path, read_table, write_table
 
 SHORT = ["trainer.max_steps=4", "trainer.logging_steps=1", "data.max_rows=40", "eval.before_training=false"]
 
@@ -75,6 +75,15 @@ def test_stale_keys_differ(tmp_path):
     assert len(set(keys.values())) == len(keys)
 
 
+def test_settings_that_do_not_change_the_tokens_keep_the_key(tmp_path):
+    """Where the tokenized data is cached (or whether), how many processes tokenize, what po-data prints and
+    data.strict change no token id: a run that sets them must find the values another run cached."""
+    base = ["data.max_rows=30"]
+    k0 = _key(base)
+    assert _key(base + [f"data.cache_dir={tmp_path / 'elsewhere'}", "data.cache=false", "data.show_examples=1",
+                        "data.strict=true"]) == k0
+
+
 def test_tokenizer_change_changes_key(monkeypatch):
     cfg = compose_cfg(["data.max_rows=10"])
     tok = load_tokenizer(cfg.model)
@@ -96,16 +105,16 @@ def test_killed_writer_leaves_nothing_readable(tmp_path):
     """A writer killed mid-write leaves only its temporary file; readers see a miss, a later writer succeeds."""
     key = "k" * 32
     path = cache_path(tmp_path, key)
-    script = (f"import torch, os, sys; sys.path.insert(0, {str(REPO)!r}); from po.refcache import write_atomic\n"
+    script = (f"import torch, os, sys; sys.path.insert(0, {str(REPO)!r}); from po.refcache import write_table\n"
               "torch.save = lambda obj, fh: (fh.write(b'partial'), fh.flush(), os._exit(9))\n"
-              f"write_atomic(__import__('pathlib').Path({str(path)!r}), {{'key': {key!r}}})\n")
+              f"write_table(__import__('pathlib').Path({str(path)!r}), {{'key': {key!r}}})\n")
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True)
     assert proc.returncode == 9
     leftovers = list(tmp_path.iterdir())
     assert len(leftovers) == 1 and leftovers[0].name.endswith(".tmp") and not path.exists()
     assert read_table(path, key) is None
     table = {"format": 1, "key": key, "pair_keys": torch.tensor([1])}
-    assert write_atomic(path, table) is True
+    assert write_table(path, table) is True
     assert read_table(path, key)["pair_keys"].tolist() == [1]
     assert read_table(path, "other") is None  # a file is only read for its own key
 
@@ -113,8 +122,8 @@ def test_killed_writer_leaves_nothing_readable(tmp_path):
 def test_concurrent_loser_discards_its_copy(tmp_path):
     key = "c" * 32
     path = cache_path(tmp_path, key)
-    assert write_atomic(path, {"format": 1, "key": key, "who": torch.tensor([1])}) is True
-    assert write_atomic(path, {"format": 1, "key": key, "who": torch.tensor([2])}) is False
+    assert write_table(path, {"format": 1, "key": key, "who": torch.tensor([1])}) is True
+    assert write_table(path, {"format": 1, "key": key, "who": torch.tensor([2])}) is False
     assert read_table(path, key)["who"].tolist() == [1]
     assert [p.name for p in tmp_path.iterdir()] == [path.name]
 

@@ -26,7 +26,7 @@ from po.data.sources import read_rows
 log = logging.getLogger(__name__)
 
 __all__ = ["DataReport", "PairCollator", "PreferenceData", "check_data_config", "load_preference_data"]
-INTERNAL_COLUMNS = ["status", "where", "truncated", "extra"]
+INTERNAL_COLUMNS = ["status", "field", "where", "truncated", "extra"]
 
 
 @dataclass
@@ -89,13 +89,15 @@ def _build_split(parts: list, cache_states: set) -> tuple[Any, DataReport, list[
     if not parts or not any(idx for _, idx in parts):
         return None, report, []
     table = datasets.concatenate_datasets([t.select(idx) for t, idx in parts if idx])
-    columns = table.select_columns(["status", "where", "truncated"]).to_dict()  # plain lists: fast to scan
+    columns = table.select_columns(["status", "field", "where", "truncated"]).to_dict()  # plain lists: fast to scan
     status, wheres, truncated = columns["status"], columns["where"], columns["truncated"]
     report.rows = len(table)
     kept = []
     for i, (s, where) in enumerate(zip(status, wheres)):
         if s:
             getattr(report, s).append(where)
+            if columns["field"][i]:
+                report.fields[where] = columns["field"][i]
         else:
             kept.append(i)
             if truncated[i]:

@@ -10,12 +10,16 @@ Formats (`data.format`, detected per row when `auto`):
 Column names go through `data.columns` (role -> column), so any other layout maps onto these.
 
 Structural faults (missing column, wrong type, no shared prompt) raise `DataError`: the file is wrong. Row-content
-faults that real data sets contain (null cell, empty response, small score margin) return a `Dropped` reason that
-the report counts (and `data.strict=true` turns into an error).
+faults that real data sets contain return a `Dropped` reason, with the column it was found in, that the report
+counts (and `data.strict=true` turns into an error): a null cell or null message content, an empty response, a NaN
+or infinite score or weight, text that is not valid UTF-8 (an undecodable byte, read as a lone surrogate, or a
+lone surrogate escaped in JSON), a message role the chat template does not know (`roles`, given by the caller that
+knows the tokenizer), responses that differ only in surrounding whitespace, and a score margin below the filter.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Any, Mapping
@@ -27,10 +31,14 @@ FORMATS = ("auto", "explicit", "implicit", "ultrafeedback")
 HH_ASSISTANT = "\n\nAssistant:"
 HH_HUMAN = "\n\nHuman:"
 
-# Drop reasons: the report's issue classes decided at normalization time.
+# Drop reasons: the report's issue classes decided at normalization time (po/data/report.py names them).
 EMPTY = "empty"
 MALFORMED = "malformed"
 LOW_MARGIN = "low_margin"
+NOT_FINITE = "not_finite"
+BAD_TEXT = "bad_text"
+UNKNOWN_ROLE = "unknown_role"
+WHITESPACE_ONLY = "whitespace_only"
 
 
 @dataclass
@@ -48,13 +56,24 @@ class FormatOptions:
 
 @dataclass
 class Dropped:
-    reason: str  # EMPTY | MALFORMED | LOW_MARGIN
+    reason: str  # one of the drop reasons above
     where: str
     detail: str = ""
+    field: str | None = None  # the column the fault was found in
 
 
-def normalize_row(row: Mapping[str, Any], where: str, opts: FormatOptions) -> Pair | Dropped:
-    """The pair that `row` holds in `opts.format`, or why it is dropped; raises `DataError` for a wrong file."""
+class _Drop(Exception):
+    """Raised by the checks below to stop normalizing a row; `normalize_row` returns its `Dropped`."""
+
+    def __init__(self, reason: str, where: str, field: str | None, detail: str):
+        self.dropped = Dropped(reason, where, detail, field)
+
+
+def normalize_row(row: Mapping[str, Any], where: str, opts: FormatOptions,
+                  roles: frozenset[str] | None = None) -> Pair | Dropped:
+    """The pair that `row` holds in `opts.format`, or why it is dropped; raises `DataError` for a wrong file.
+
+    `roles`: the message roles the chat template knows (po.data.prepare.template_roles); None = not checked."""
     fmt = opts.format if opts.format != "auto" else detect_format(row, opts)
     needed = ["chosen", "rejected"] + (["prompt"] if fmt == "explicit" else [])
     if fmt == "ultrafeedback":
@@ -64,25 +83,36 @@ def normalize_row(row: Mapping[str, Any], where: str, opts: FormatOptions) -> Pa
             have = ", ".join(sorted(row)) or "none"
             raise DataError(where, f"missing column for data.format={fmt} (columns present: {have}); "
                                    f"map it with data.columns.{role}=NAME", opts.col(role))
+    try:
+        return _normalize(row, where, opts, fmt, needed, roles)
+    except _Drop as drop:
+        return drop.dropped
+
+
+def _normalize(row: Mapping[str, Any], where: str, opts: FormatOptions, fmt: str, needed: list[str],
+               roles: frozenset[str] | None) -> Pair:
     for role in ("prompt", "chosen", "rejected"):
         if role in needed and row[opts.col(role)] is None:
-            return Dropped(MALFORMED, where, f"null value in '{opts.col(role)}'")
+            raise _Drop(MALFORMED, where, opts.col(role), "null value")
     extra = _extras(row, where, opts)
-    if fmt == "ultrafeedback" and opts.min_score_margin is not None:
-        margin = _number(row, "score_chosen", where, opts) - _number(row, "score_rejected", where, opts)
-        if margin < opts.min_score_margin:
-            return Dropped(LOW_MARGIN, where, f"score margin {margin:g}")
-    chosen = _text(row[opts.col("chosen")], where, opts.col("chosen"))
-    rejected = _text(row[opts.col("rejected")], where, opts.col("rejected"))
+    if fmt == "ultrafeedback":  # the scores define which response is chosen: a NaN one means no label
+        margin = _score(row, "score_chosen", where, opts) - _score(row, "score_rejected", where, opts)
+        if opts.min_score_margin is not None and margin < opts.min_score_margin:
+            raise _Drop(LOW_MARGIN, where, None, f"score margin {margin:g}")
+    chosen = _text(row[opts.col("chosen")], where, opts.col("chosen"), roles)
+    rejected = _text(row[opts.col("rejected")], where, opts.col("rejected"), roles)
     if fmt != "implicit" and not _is_conversation(chosen):
-        prompt = _text(row[opts.col("prompt")], where, opts.col("prompt"))
+        prompt = _text(row[opts.col("prompt")], where, opts.col("prompt"), roles)
         pair = Pair(prompt, chosen, rejected, where, extra)
     else:
         pair = split_conversations(chosen, rejected, where, opts)
         pair.extra = extra
-    for role in ("chosen", "rejected"):
-        if not _content(getattr(pair, role)).strip():
-            return Dropped(EMPTY, where, f"empty '{opts.col(role)}'")
+    texts = {role: _content(getattr(pair, role)) for role in ("chosen", "rejected")}
+    for role, text in texts.items():
+        if not text.strip():
+            raise _Drop(EMPTY, where, opts.col(role), "empty response")
+    if texts["chosen"] != texts["rejected"] and texts["chosen"].strip() == texts["rejected"].strip():
+        raise _Drop(WHITESPACE_ONLY, where, opts.col("rejected"), "differs from chosen only in whitespace")
     return pair
 
 
@@ -135,22 +165,42 @@ def _content(value: Text) -> str:
     return value if isinstance(value, str) else "".join(m["content"] for m in value)
 
 
-def _text(value: Any, where: str, col: str) -> Text:
+def _text(value: Any, where: str, col: str, roles: frozenset[str] | None) -> Text:
     if isinstance(value, str):
+        _check_utf8(value, where, col)
         return value
     if isinstance(value, list) and all(isinstance(m, Mapping) and "role" in m and "content" in m for m in value):
         for m in value:
-            if not isinstance(m["content"], str):
-                raise DataError(where, f"message content must be a string, got {type(m['content']).__name__}", col)
+            for key in ("role", "content"):
+                if m[key] is None:
+                    raise _Drop(MALFORMED, where, col, f"null message {key}")
+                if not isinstance(m[key], str):
+                    raise DataError(where, f"message {key} must be a string, got {type(m[key]).__name__}", col)
+                _check_utf8(m[key], where, col)
+            if roles is not None and m["role"] not in roles:
+                raise _Drop(UNKNOWN_ROLE, where, col, f"role {m['role']!r}")
         return [{"role": m["role"], "content": m["content"]} for m in value]
     raise DataError(where, f"expected a string or a list of {{role, content}} messages, got {type(value).__name__}",
                     col)
 
 
-def _number(row: Mapping[str, Any], role: str, where: str, opts: FormatOptions) -> float:
+def _check_utf8(text: str, where: str, col: str) -> None:
+    """Bytes that are not UTF-8 arrive as lone surrogates (read with errors='surrogateescape'), as do JSON
+    escapes such as "\\ud800": neither can be encoded, so no tokenizer can take them."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise _Drop(BAD_TEXT, where, col, f"not UTF-8 at character {exc.start}") from None
+
+
+def _score(row: Mapping[str, Any], role: str, where: str, opts: FormatOptions) -> float:
     value = row[opts.col(role)]
+    if value is None:
+        raise _Drop(MALFORMED, where, opts.col(role), "null score")
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise DataError(where, f"expected a number, got {type(value).__name__}", opts.col(role))
+    if not math.isfinite(value):
+        raise _Drop(NOT_FINITE, where, opts.col(role), f"score {value}")
     return float(value)
 
 
@@ -160,8 +210,13 @@ def _extras(row: Mapping[str, Any], where: str, opts: FormatOptions) -> dict[str
         if col not in row:
             raise DataError(where, f"missing column named by data.extra_columns.{key}", col)
         value = row[col]
-        if key == "weight" and (isinstance(value, bool) or not isinstance(value, (int, float))):
-            raise DataError(where, f"a per-pair weight must be a number, got {type(value).__name__}", col)
+        if key == "weight":
+            if value is None:
+                raise _Drop(MALFORMED, where, col, "null weight")
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise DataError(where, f"a per-pair weight must be a number, got {type(value).__name__}", col)
+            if not math.isfinite(value):
+                raise _Drop(NOT_FINITE, where, col, f"weight {value}")
         if key == "annotator" and not isinstance(value, (str, int)):
             raise DataError(where, f"an annotator id must be a string or an integer, got {type(value).__name__}",
                             col)

@@ -1,13 +1,17 @@
 """Normalize and tokenize every row of one source once, and cache the result on disk for later runs.
 
 The result is a `datasets.Dataset` with one row per source row: `prompt_ids`, `chosen_ids`, `rejected_ids`
-(truncated to `max_length`), `status` ("" = kept, else the report class that drops it), `truncated`, `where`
-and `extra` (carried columns as JSON). Splitting, mixing and the report work on it by index, so a change of
-seed, split fraction or mixture weight reuses the cache.
+(truncated to `max_length`), `status` ("" = kept, else the report class that drops it), `field` (the column a
+drop was found in, or ""), `truncated`, `where` and `extra` (carried columns as JSON). Splitting, mixing and the
+report work on it by index, so a change of seed, split fraction or mixture weight reuses the cache.
+
+Message roles are checked here, where the tokenizer is known: a role must be `system`, `user` or `assistant`, or
+one the chat template itself compares a role with (`message['role'] == 'tool'`, `role in [...]`). A permissive
+template would render a typo such as "asistant" as a new kind of turn; a strict one would fail on it.
 
 Cache key: the rows (content and location), the tokenizer (vocabulary, special tokens, chat template), the
 format options and the length limits. Folder: `data.cache_dir`, else `$PO_CACHE_DIR/tokenized`, else
-`~/.cache/po/tokenized`. `data.cache=false` turns it off.
+`~/.cache/po/tokenized`. `data.cache=false` turns it off. Entries are verified on every read (po/data/cache.py).
 """
 
 from __future__ import annotations
@@ -15,18 +19,18 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import tempfile
+import re
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from po.data import cache
 from po.data.formats import Dropped, FormatOptions, normalize_row
 from po.data.pairs import Pair
 from po.data.sources import Row
 from po.data.tokenize import leading_special_ids, tokenize_pair, truncate
 
-CACHE_VERSION = "1"
+CACHE_VERSION = "2"  # 2: NaN, UTF-8, role and whitespace checks, the `field` column, checksummed entries
 # How many times rows were actually tokenized in this process (a cache hit leaves it unchanged); tests read it.
 TOKENIZE_RUNS = 0
 
@@ -59,6 +63,27 @@ def tokenizer_fingerprint(tokenizer) -> str:
     h.update(repr((type(tokenizer).__name__, tokenizer.chat_template, tokenizer.bos_token_id, tokenizer.eos_token_id,
                    sorted(tokenizer.all_special_ids), leading_special_ids(tokenizer))).encode())
     return h.hexdigest()
+
+
+STANDARD_ROLES = frozenset({"system", "user", "assistant"})
+# A quoted name compared with a role in a Jinja chat template: role == 'x', 'x' == message.role, role in ['x', 'y']
+_ROLE_IS = re.compile(r"""role['"]?\]?\s*(?:==|!=)\s*['"]([^'"]+)['"]""")
+_IS_ROLE = re.compile(r"""['"]([^'"]+)['"]\s*(?:==|!=)\s*[\w.]*(?:\[['"]role['"]\]|\.role\b|\brole\b)""")
+_ROLE_IN = re.compile(r"""role['"]?\]?\s*(?:not\s+)?in\s*[\[(]([^\])]*)[\])]""")
+
+
+def template_roles(tokenizer) -> frozenset[str]:
+    """The message roles a row may use: system, user, assistant, and every role name the chat template compares
+    a message's role with (e.g. 'tool' or 'ipython'; see the module docstring)."""
+    template = getattr(tokenizer, "chat_template", None)
+    if isinstance(template, dict):  # several named templates: a role any of them names is known
+        template = "\n".join(str(t) for t in template.values())
+    if not isinstance(template, str):
+        return STANDARD_ROLES
+    named = set(_ROLE_IS.findall(template)) | set(_IS_ROLE.findall(template))
+    for listed in _ROLE_IN.findall(template):
+        named |= set(re.findall(r"""['"]([^'"]+)['"]""", listed))
+    return STANDARD_ROLES | named
 
 
 class PairTokenizer:
@@ -96,20 +121,25 @@ def tokenize_source(rows: list[Row], opts: FormatOptions, tokenizer, max_length:
         "|".join([rows_fingerprint(rows), tokenizer_fingerprint(tokenizer), settings]).encode()
     ).hexdigest()[:32]
     folder = Path(cache_dir or default_cache_dir()) / key
-    if use_cache and (folder / "dataset_info.json").is_file():
-        return datasets.load_from_disk(str(folder)), "hit"
+    if use_cache:
+        table = cache.load(folder)
+        if table is not None:
+            return table, "hit"
 
-    columns = {"pair": [], "status": [], "where": [], "extra": []}
+    roles = template_roles(tokenizer) if getattr(tokenizer, "chat_template", None) else None
+    columns = {"pair": [], "status": [], "field": [], "where": [], "extra": []}
     for row, where in rows:
-        result = normalize_row(row, where, opts)
+        result = normalize_row(row, where, opts, roles)
         if isinstance(result, Dropped):
             columns["pair"].append("")
             columns["status"].append(result.reason)
+            columns["field"].append(result.field or "")
             columns["extra"].append("{}")
         else:
             columns["pair"].append(json.dumps({"prompt": result.prompt, "chosen": result.chosen,
                                                "rejected": result.rejected}))
             columns["status"].append("")
+            columns["field"].append("")
             columns["extra"].append(json.dumps(result.extra))
         columns["where"].append(where)
 
@@ -119,7 +149,7 @@ def tokenize_source(rows: list[Row], opts: FormatOptions, tokenizer, max_length:
         "prompt_ids": datasets.Sequence(datasets.Value("int32")),
         "chosen_ids": datasets.Sequence(datasets.Value("int32")),
         "rejected_ids": datasets.Sequence(datasets.Value("int32")),
-        "truncated": datasets.Value("bool"), "status": datasets.Value("string"),
+        "truncated": datasets.Value("bool"), "status": datasets.Value("string"), "field": datasets.Value("string"),
         "where": datasets.Value("string"), "extra": datasets.Value("string"),
     })
     table = datasets.Dataset.from_dict(columns).map(
@@ -129,11 +159,5 @@ def tokenize_source(rows: list[Row], opts: FormatOptions, tokenizer, max_length:
     )
     if not use_cache:
         return table, ""
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=folder.parent))
-    try:
-        table.save_to_disk(str(tmp), num_proc=None)
-        os.replace(tmp, folder)  # atomic: concurrent ranks or runs never see half a cache entry
-    except OSError:
-        shutil.rmtree(tmp, ignore_errors=True)  # another process stored the same entry first
+    cache.store(folder, table)  # concurrent ranks or runs never see half an entry; a failed write only warns
     return table, "miss"

@@ -1,4 +1,5 @@
-"""The validation report of one split: counts per issue class with the first offending rows, and length statistics.
+"""The validation report of one split: counts per issue class with the first offending rows (and the column a drop
+was found in), and length statistics.
 
 Printed before training (and by `po-data`), stored in `summary.json` under `data`. With `data.strict=true` any
 issue class with a non-zero count is an error (`strict_error`); the score-margin filter and truncation are what
@@ -19,6 +20,10 @@ from po.errors import DataError
 CLASSES = (
     ("malformed", "dropped, malformed row (null value in a used column)", True),
     ("empty", "dropped, empty response", True),
+    ("not_finite", "dropped, score or weight not a finite number (NaN or infinite)", True),
+    ("bad_text", "dropped, text not valid UTF-8 (undecodable byte or lone surrogate)", True),
+    ("unknown_role", "dropped, message role not known to the chat template", True),
+    ("whitespace_only", "dropped, chosen and rejected differ only in surrounding whitespace", True),
     ("identical", "dropped, chosen identical to rejected (after truncation)", True),
     ("dropped_length", "dropped, no response token fits data.max_length", True),
     ("low_margin", "filtered, score margin below data.min_score_margin", False),
@@ -37,10 +42,15 @@ class DataReport:
     identical: list[str] = field(default_factory=list)
     empty: list[str] = field(default_factory=list)
     malformed: list[str] = field(default_factory=list)
+    not_finite: list[str] = field(default_factory=list)
+    bad_text: list[str] = field(default_factory=list)
+    unknown_role: list[str] = field(default_factory=list)
+    whitespace_only: list[str] = field(default_factory=list)
     low_margin: list[str] = field(default_factory=list)
     truncated: list[str] = field(default_factory=list)
     lengths: dict[str, Any] = field(default_factory=dict)
     cache: str = ""  # "hit", "miss" or "" (not cached)
+    fields: dict[str, str] = field(default_factory=dict)  # row location -> the column a drop was found in
 
     def lines(self, split: str) -> list[str]:
         """One summary line, one line per issue class, one line of length statistics."""
@@ -48,7 +58,7 @@ class DataReport:
         out = [f"data[{split}]: {self.kept} pairs kept of {self.rows} rows{cache}"]
         for attr, text, _ in CLASSES:
             wheres = getattr(self, attr)
-            first = f" (first: {first_rows(wheres)})" if wheres else ""
+            first = f" (first: {first_rows(wheres, self.fields)})" if wheres else ""
             out.append(f"data[{split}]:   {text}: {len(wheres)}{first}")
         if self.lengths:
             out.append(f"data[{split}]: {format_lengths(self.lengths)}")
@@ -67,18 +77,20 @@ def strict_error(reports: dict[str, DataReport]) -> DataError | None:
     for split, report in reports.items():
         for text, wheres in report.issues():
             return DataError(wheres[0], f"data.strict=true and {len(wheres)} {split} row(s) {text.split(', ', 1)[1]} "
-                                        f"(first: {first_rows(wheres)}); fix the data, or set data.strict=false to "
-                                        "drop and count them")
+                                        f"(first: {first_rows(wheres, report.fields)}); fix the data, or set "
+                                        "data.strict=false to drop and count them", report.fields.get(wheres[0]))
     return None
 
 
-def first_rows(wheres: list[str], n: int = SHOW_FIRST) -> str:
-    """'a.jsonl line 3, line 9, line 12': the source is named once while it stays the same."""
+def first_rows(wheres: list[str], fields: dict[str, str] | None = None, n: int = SHOW_FIRST) -> str:
+    """'a.jsonl line 3, line 9 field 'chosen', line 12': the source is named once while it stays the same, and the
+    column a drop was found in follows its row."""
     shown, last_source = [], None
     for where in wheres[:n]:
         match = re.fullmatch(r"(.*) ((?:line|row|item) \d+)", where)
         source, at = (match.group(1), match.group(2)) if match else (where, "")
-        shown.append(at if source == last_source and at else where)
+        column = (fields or {}).get(where)
+        shown.append((at if source == last_source and at else where) + (f" field '{column}'" if column else ""))
         last_source = source
     return ", ".join(shown) + (", ..." if len(wheres) > n else "")
 

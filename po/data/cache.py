@@ -1,0 +1,109 @@
+"""The tokenized-data cache on disk: entries sealed by a manifest of sha256 checksums, verified on every read.
+
+An entry is one folder `DIR/<key>/` written by `datasets.Dataset.save_to_disk`, plus `po_manifest.json` (the size
+and sha256 of every other file), written last. The folder is built under a temporary name beside its place and
+renamed into it (`po.atomic.staged_dir`), so a concurrent reader sees a whole entry or none.
+
+Reading hashes every file of the entry (streamed, 8 MiB at a time) before the table is loaded. An entry with a file
+missing, truncated, changed or unreadable, or without a manifest (written by an older po, or damaged), is reported
+in one warning line naming its folder and treated as a miss: the rows are tokenized again and the entry replaced.
+Verifying costs one sequential read of the entry, about 1 s per GB (docs/data.md has the measurement).
+
+A cache that cannot be written (disk full, read-only or unwritable folder) is a warning, not an error: the run goes
+on with the table in memory, and the partial entry is removed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from po.atomic import WriteError, staged_dir
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "po_manifest.json"
+_BLOCK = 1 << 23
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 of a file's bytes, read in blocks (memory stays flat for a file of any size)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(_BLOCK):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _files(folder: Path) -> dict[str, Path]:
+    return {str(p.relative_to(folder)): p for p in sorted(folder.rglob("*")) if p.is_file() and p.name != MANIFEST}
+
+
+def seal(folder: Path) -> None:
+    """Write the manifest of `folder` (size and sha256 of every file); it is the last file an entry gets."""
+    files = {name: {"size": path.stat().st_size, "sha256": file_sha256(path)} for name, path in _files(folder).items()}
+    # a plain write: `folder` is still the staged copy, which only becomes visible whole (po.atomic.staged_dir)
+    (folder / MANIFEST).write_text(json.dumps({"format": 1, "files": files}, indent=1))
+
+
+def problem(folder: Path) -> str | None:
+    """None when every file of the entry `folder` matches its manifest, else what is wrong (a phrase)."""
+    try:
+        manifest = json.loads((folder / MANIFEST).read_text())
+        listed: dict[str, Any] = manifest["files"]
+    except FileNotFoundError:
+        return "has no checksum manifest (written by an older po, or damaged)"
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        return f"has an unreadable manifest ({type(exc).__name__})"
+    present = _files(folder)
+    for name in sorted(set(listed) | set(present)):
+        if name not in present:
+            return f"is missing {name}"
+        if name not in listed:
+            return f"holds {name}, which its manifest does not list"
+        try:
+            size = present[name].stat().st_size
+            if size != listed[name]["size"]:
+                return f"has {name} of {size} bytes, the manifest says {listed[name]['size']} (truncated or changed)"
+            if file_sha256(present[name]) != listed[name]["sha256"]:
+                return f"has {name} that does not match its sha256 (corrupted)"
+        except OSError as exc:
+            return f"has {name} that cannot be read ({exc.strerror or type(exc).__name__})"
+    return None
+
+
+def load(folder: Path):
+    """The cached table at `folder` once verified, or None (absent, or bad: reported in one warning line)."""
+    import datasets
+
+    if not folder.exists():
+        return None
+    reason = problem(folder)
+    if reason is None:
+        try:
+            return datasets.load_from_disk(str(folder))
+        except Exception as exc:  # verified yet unloadable (e.g. written by another datasets version)
+            reason = f"does not load ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+    log.warning("tokenized-data cache entry %s %s; tokenizing again and replacing it", folder, reason)
+    return None
+
+
+def store(folder: Path, table) -> bool:
+    """Save `table` as the entry `folder`, replacing a bad one; False if a valid entry is already there or the cache
+    cannot be written (then one warning line: the caller goes on with `table` in memory)."""
+    if folder.exists() and problem(folder) is None:
+        return False  # a concurrent run stored the same entry first
+    try:
+        with staged_dir(folder) as staged:
+            table.save_to_disk(str(staged), num_proc=None)
+            seal(staged)
+    except WriteError as exc:
+        if folder.exists() and problem(folder) is None:
+            return False  # a concurrent writer renamed its entry into place first: nothing to warn about
+        log.warning("tokenized-data cache not written: cannot write %s (%s); this run continues without it (set "
+                    "data.cache_dir to a writable folder with free space, or data.cache=false)", exc.path, exc.reason)
+        return False
+    return True
