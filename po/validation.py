@@ -5,7 +5,7 @@ previous run was deleted); `loss.beta=inf` gave NaN steps; `trainer.learning_rat
 model had loaded. Here each such value is one `ConfigError` naming the key, the value and what to use.
 
 A key's type comes from the first of:
-1. `RULES` below: keys whose range matters, or whose shipped default is null;
+1. `rules()` below: keys whose range matters, or whose shipped default is null;
 2. `trainer.*`: the field types of `transformers.TrainingArguments` (an enum field takes its names);
 3. `loss.*` and `weighting.*`: the constructor annotations of the class `_target_` names (read, never called);
 4. any other key: the type of its shipped default in conf/, over every option of its group (bool, int, float,
@@ -76,7 +76,8 @@ def boolean() -> Spec:
 
 
 def _bounds(ge: float | None, gt: float | None, le: float | None, lt: float | None) -> tuple[str, Callable]:
-    parts = [f"{op} {bound:g}" for op, bound in ((">=", ge), (">", gt), ("<=", le), ("<", lt)) if bound is not None]
+    parts = [f"{op} {bound if isinstance(bound, int) else format(bound, 'g')}"
+             for op, bound in ((">=", ge), (">", gt), ("<=", le), ("<", lt)) if bound is not None]
 
     def ok(v: Any) -> bool:
         return ((ge is None or v >= ge) and (gt is None or v > gt) and (le is None or v <= le)
@@ -204,9 +205,6 @@ def rules() -> dict[str, Spec]:
     }
 
 
-MIXTURE_RULES = {"weight": number(gt=0)}  # the other keys of a data.mixture entry are data.* keys
-
-
 # Types from annotations (TrainingArguments fields, loss constructors) ---------------------------------------------
 
 def spec_of_annotation(tp: Any) -> Spec | None:
@@ -314,7 +312,10 @@ def _spec_of_defaults(found: set[str]) -> Spec | None:
 
 def check_value(key: str, value: Any, spec: Spec) -> None:
     if not spec.accepts(value):
-        raise ConfigError(f"{key}={show(value)}: use {spec.describe()}")
+        hint = ""
+        if spec.kinds == {"str"} and kind_of(value) in ("int", "float", "bool"):  # Hydra parsed it as a number
+            hint = f"; quote a string that looks like a number: '{key}=\"{show(value)}\"'"
+        raise ConfigError(f"{key}={show(value)}: use {spec.describe()}{hint}")
 
 
 def check_values(cfg: DictConfig, conf: Path, classes: dict[str, type]) -> None:
@@ -368,11 +369,13 @@ def spec_for(key: str, shipped: dict[str, Spec]) -> Spec | None:
 
 
 def _check_mixture(entries: list, shipped: dict[str, Spec]) -> None:
+    """The keys a mixture entry shares with the data group (max_rows, eval_fraction, ...); po.data.options checks
+    the entry's shape and weight."""
     for i, entry in enumerate(entries):
         if not isinstance(entry, dict):
-            continue  # po.data.options names the malformed entry
+            continue
         for name, value in entry.items():
-            spec = MIXTURE_RULES.get(name) or spec_for(f"data.{name}", shipped)
+            spec = spec_for(f"data.{name}", shipped)
             if spec is not None:
                 check_value(f"data.mixture[{i}].{name}", value, spec)
 
