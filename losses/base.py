@@ -10,6 +10,7 @@ response token), padded with zeros where the mask is False. Prompt and padding n
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -129,16 +130,21 @@ def common_metrics(batch: PairBatch, out_rewards: tuple[torch.Tensor, torch.Tens
     }
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def check_positive(name: str, value: float) -> float:
-    """Reject a non-positive hyperparameter when the loss is built (at config time, before any model loads)."""
-    if not value > 0:
-        raise ValueError(f"loss.{name} must be > 0, got {value}")
+    """Reject a hyperparameter that is not a finite number > 0 (inf would give NaN steps) when the loss is built."""
+    if not (_is_number(value) and math.isfinite(value) and value > 0):
+        hint = "" if _is_number(value) and math.isfinite(value) else " (use a finite number)"
+        raise ValueError(f"loss.{name} must be > 0, got {value}{hint}")
     return float(value)
 
 
 def check_in_range(name: str, value: float, low: float, high: float, high_inclusive: bool = False) -> float:
-    """Reject a hyperparameter outside [low, high) (or [low, high]) with a one-line message."""
-    ok = low <= value <= high if high_inclusive else low <= value < high
+    """Reject a hyperparameter outside [low, high) (or [low, high]), or not a finite number, in one line."""
+    ok = _is_number(value) and math.isfinite(value) and (low <= value <= high if high_inclusive else low <= value < high)
     if not ok:
         bracket = "]" if high_inclusive else ")"
         raise ValueError(f"loss.{name} must be in [{low}, {high}{bracket}, got {value}")

@@ -1,24 +1,50 @@
 """Configuration helpers: where `conf/` lives, the one `instantiate` route, and `validate(cfg)`.
 
-`validate` runs before any model or data is loaded and turns every cross-group mistake into one sentence that
-says what to change (a `ConfigError`, printed by the CLI without a traceback).
+`validate` runs before any model or data is loaded and turns every mistake it can see into one sentence that says
+what to change (a `ConfigError`, printed by the CLI without a traceback): crafted `_target_`s, bad values
+(`po.validation`), TrainingArguments' own checks, and cross-group rules.
+
+Configs build only what they name: a `_target_` is accepted only where a group documents one (`loss` and
+`weighting`, a `losses.base.PreferenceLoss` class), it is resolved and checked before anything is called, and the
+class is then called with the group's keys. Nothing nested is built (Hydra's recursive instantiation is not used),
+so `+loss.x._target_=builtins.open` or `loss._target_=torch.load` cannot run.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import hydra.utils
+import torch
 from omegaconf import DictConfig, OmegaConf
 
 from po.errors import ConfigError
 from po.loss_params import loss_trains_parameters
 
 # Keys of the `trainer` group that are po's own, not transformers.TrainingArguments fields.
-PO_TRAINER_KEYS = {"logps_chunk_size", "resume", "overwrite", "max_bad_steps", "checkpoint_checksums", "packing"}
+PO_TRAINER_KEYS = {"logps_chunk_size", "resume", "overwrite", "max_bad_steps", "checkpoint_checksums", "packing",
+                   "trust_checkpoint"}
+# Hydra's instantiate keys. Only `_target_`, and only at the top of a group below, is accepted.
+HYDRA_KEYS = {"_target_", "_args_", "_partial_", "_convert_", "_recursive_"}
+
+
+def _built_kinds() -> dict[str, type]:
+    """The groups whose `_target_` po builds, and the class it must subclass (documented in their YAML)."""
+    from losses.base import PreferenceLoss
+
+    return {"loss": PreferenceLoss, "weighting": PreferenceLoss}
+
+
+def _half(n: Any) -> Any:
+    """`${po.half:${.max_length}}`: the default prompt cap is half the sequence budget (None while max_length is
+    not an integer; `validate` then names max_length)."""
+    return n // 2 if isinstance(n, int) and not isinstance(n, bool) else None
+
+
+OmegaConf.register_new_resolver("po.half", _half, replace=True)
 
 
 def conf_dir() -> Path:
@@ -29,20 +55,105 @@ def conf_dir() -> Path:
     return Path(str(resources.files("po.conf")))
 
 
-def instantiate(node: DictConfig, **kwargs: Any) -> Any:
-    """Every `_target_` in the project is built here (Hydra 1.4 will want an allowlist in one place)."""
-    return hydra.utils.instantiate(node, _convert_="all", **kwargs)
+def resolve_target(path: Any, key: str = "_target_") -> Any:
+    """The object a dotted `_target_` names, found by importing its module; nothing is called."""
+    if not isinstance(path, str) or "." not in path:
+        raise ConfigError(f"{key}={path}: use a dotted path to a class, e.g. losses.dpo.DPOLoss")
+    parts = path.split(".")
+    for cut in range(len(parts) - 1, 0, -1):  # the longest importable module prefix, then attributes
+        module_name = ".".join(parts[:cut])
+        try:
+            obj = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name and (module_name == exc.name or module_name.startswith(exc.name + ".")):
+                continue  # not a module: try a shorter prefix
+            raise ConfigError(f"{key}={path}: cannot import {module_name}: {exc}") from exc
+        except Exception as exc:
+            raise ConfigError(f"{key}={path}: cannot import {module_name}: {type(exc).__name__}: "
+                              f"{str(exc).splitlines()[0] if str(exc) else ''}") from exc
+        try:
+            for attr in parts[cut:]:
+                obj = getattr(obj, attr)
+        except AttributeError as exc:
+            raise ConfigError(f"{key}={path}: {module_name} has no {'.'.join(parts[cut:])}") from exc
+        return obj
+    raise ConfigError(f"{key}={path}: cannot import {parts[0]} (is it installed, or on PYTHONPATH?)")
+
+
+def _hydra_keys(node: Any, prefix: str):
+    """(dotted key, value) of every Hydra instantiate key anywhere under `node` (dicts and lists)."""
+    items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+    for key, value in items:
+        path = f"{prefix}[{key}]" if isinstance(node, list) else f"{prefix}.{key}" if prefix else str(key)
+        if key in HYDRA_KEYS:
+            yield path, value
+        yield from _hydra_keys(value, path)
+
+
+def _refuse_hydra_keys(values: dict[str, Any]) -> None:
+    """Accept only `<group>._target_` of the groups po builds; any other Hydra key, at any depth, is refused."""
+    kinds = _built_kinds()
+    for key, value in _hydra_keys(values, ""):
+        group, _, rest = key.partition(".")
+        if rest == "_target_" and group in kinds:
+            continue
+        if key.endswith("._target_"):
+            base = kinds["loss"]
+            raise ConfigError(f"{key}={value}: po builds no object here; only "
+                              f"{' and '.join(f'{g}._target_' for g in kinds)} name a class (a "
+                              f"{base.__module__}.{base.__name__}); remove it with ~{key}")
+        raise ConfigError(f"{key}: Hydra's instantiate options are not accepted; a {group} is built as "
+                          f"{group}._target_(**its other keys); remove it with ~{key}")
+
+
+def _target_class(group: str, target: Any) -> type:
+    """The class `group._target_` names, if it is the kind the group documents (resolved, not called)."""
+    base = _built_kinds()[group]
+    cls = resolve_target(target, f"{group}._target_")
+    if not (isinstance(cls, type) and issubclass(cls, base)):
+        example = {"loss": "losses.dpo.DPOLoss", "weighting": "losses.lcpo.LCPOWeighting"}[group]
+        raise ConfigError(f"{group}._target_={target}: not a {base.__module__}.{base.__name__} subclass; a {group} "
+                          f"builds only such a class (e.g. {example})")
+    return cls
+
+
+def check_targets(cfg: DictConfig) -> dict[str, type]:
+    """Refuse every `_target_` outside the kinds its group documents, before anything is called.
+
+    Returns {group: class} for the groups whose target is accepted (`loss`, and `weighting` when it has one).
+    """
+    _refuse_hydra_keys(OmegaConf.to_container(cfg, resolve=False))
+    return {group: _target_class(group, cfg[group]._target_) for group in _built_kinds()
+            if group in cfg and cfg[group].get("_target_") is not None}
+
+
+def instantiate(node: DictConfig, group: str, **kwargs: Any) -> Any:
+    """Every `_target_` in the project is built here: `group`'s documented kind, called with the group's keys.
+
+    The target and every argument are checked first (kind, names, types); nested `_target_`s are refused.
+    """
+    from po.validation import check_arguments
+
+    values = OmegaConf.to_container(node, resolve=True)
+    _refuse_hydra_keys({group: values})
+    cls = _target_class(group, values.pop("_target_", None))
+    check_arguments(group, values, cls)
+    return cls(**values, **kwargs)
 
 
 def build_loss(cfg: DictConfig) -> Any:
     """The configured loss, wrapped by the configured weighting (if any). Bad values raise `ConfigError`."""
     try:
-        loss = instantiate(cfg.loss)
-    except Exception as exc:  # Hydra wraps the constructor's ValueError; report the root cause in one line
+        loss = instantiate(cfg.loss, "loss")
+    except ConfigError:
+        raise
+    except Exception as exc:  # the constructor's own check (ValueError): report it in one line
         raise ConfigError(_root_message(exc, f"loss ({cfg.loss.get('_target_', '?')})")) from exc
     if cfg.weighting.get("_target_"):
         try:
-            loss = instantiate(cfg.weighting, loss=loss)
+            loss = instantiate(cfg.weighting, "weighting", loss=loss)
+        except ConfigError:
+            raise
         except Exception as exc:
             raise ConfigError(_root_message(exc, "weighting")) from exc
     return loss
@@ -63,26 +174,46 @@ def training_argument_fields() -> set[str]:
 
 
 def trainer_kwargs(cfg: DictConfig) -> dict[str, Any]:
-    """The `trainer` group minus po's own keys: exactly the TrainingArguments fields the user set."""
+    """The `trainer` group minus po's own keys, as `transformers.TrainingArguments` takes them.
+
+    po resolves two things first: `save_strategy: auto` (and `eval_strategy: auto`) is "steps" when
+    `save_steps` (`eval_steps`) is set and "no" otherwise, so setting the interval alone means saving; and without
+    an accelerator there is no pinned memory to use, so `dataloader_pin_memory` is off (torch would warn).
+    """
     values = OmegaConf.to_container(cfg.trainer, resolve=True)
-    return {k: v for k, v in values.items() if k not in PO_TRAINER_KEYS}
+    kwargs = {k: v for k, v in values.items() if k not in PO_TRAINER_KEYS}
+    for strategy, steps in (("save_strategy", "save_steps"), ("eval_strategy", "eval_steps")):
+        if kwargs.get(strategy) == "auto":
+            kwargs[strategy] = "steps" if kwargs.get(steps) is not None else "no"
+    if kwargs.get("save_steps", 0) is None:
+        del kwargs["save_steps"]  # transformers' own default interval (500) for an explicit save_strategy=steps
+    if not torch.accelerator.is_available():
+        kwargs["dataloader_pin_memory"] = False
+    return kwargs
 
 
 def validate(cfg: DictConfig) -> None:
-    """Check cross-group rules before anything heavy is loaded; raise `ConfigError` with what to change."""
+    """Check targets, values and cross-group rules before anything heavy is loaded; raise `ConfigError` with what
+    to change. Every entry point (po-train, po-cache-ref, recipes) runs it first."""
+    from po.distributed import quiet_unused_deepspeed
+    from po.validation import check_training_arguments, check_values
+
     missing = OmegaConf.missing_keys(cfg)
     if missing:
         raise ConfigError(f"missing required value(s): {', '.join(sorted(missing))}; set them on the command line, "
                           f"e.g. {sorted(missing)[0]}=...")
+    classes = check_targets(cfg)
+    check_values(cfg, conf_dir(), classes)
     unknown = set(cfg.trainer) - training_argument_fields() - PO_TRAINER_KEYS
     if unknown:
         raise ConfigError(f"trainer.{sorted(unknown)[0]} is not a transformers.TrainingArguments field "
                           "(nor one of po's trainer keys); check the spelling")
-    if cfg.data.max_length < 2:
-        raise ConfigError(f"data.max_length={cfg.data.max_length}: must be at least 2 (a prompt and a response token)")
     mpl = cfg.data.get("max_prompt_length")
-    if mpl is not None and not 0 < mpl < cfg.data.max_length:
-        raise ConfigError(f"data.max_prompt_length={mpl}: must be between 1 and data.max_length-1")
+    if mpl is not None and not mpl < cfg.data.max_length:
+        raise ConfigError(f"data.max_prompt_length={mpl}: must be between 1 and data.max_length-1 "
+                          f"(data.max_length={cfg.data.max_length}); or leave it out (default: half of max_length)")
+    check_training_arguments(trainer_kwargs(cfg))
+    quiet_unused_deepspeed(bool(cfg.deepspeed.get("config")))
     from po.data.options import check_data_config
 
     check_data_config(cfg.data)

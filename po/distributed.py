@@ -10,6 +10,7 @@ starts the process group itself (DeepSpeed's CPU accelerator, gloo) and tells `T
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 from typing import Any, Sequence
@@ -36,6 +37,30 @@ def require_pinned_run_dir(argv: Sequence[str]) -> None:
     if not any(a.startswith(("hydra.run.dir=", "+hydra.run.dir=", "++hydra.run.dir=")) for a in argv):
         raise ConfigError(f"this is a {world_size()}-process launch: pin the run directory so every rank writes to "
                           "the same place, e.g. hydra.run.dir=runs/my-run")
+
+
+class _DropCpuFallbackNotice(logging.Filter):
+    """DeepSpeed's "Setting accelerator to CPU ... we were unable to detect it" warning, and only that one."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Setting accelerator to CPU" not in record.getMessage()
+
+
+def quiet_unused_deepspeed(uses_deepspeed: bool) -> None:
+    """Silence DeepSpeed's accelerator notice on runs that do not use DeepSpeed.
+
+    accelerate imports DeepSpeed (when installed) whenever it unwraps a model, and DeepSpeed then warns on a machine
+    without CUDA that it picked its CPU accelerator: not the user's concern unless the run uses DeepSpeed. The filter
+    sits on DeepSpeed's logger before DeepSpeed creates it (it keeps the same logger object), so it holds whenever
+    DeepSpeed is imported later. Idempotent; a DeepSpeed run keeps the notice.
+    """
+    logger = logging.getLogger("DeepSpeed")
+    present = [f for f in logger.filters if isinstance(f, _DropCpuFallbackNotice)]
+    if uses_deepspeed:
+        for f in present:
+            logger.removeFilter(f)
+    elif not present:
+        logger.addFilter(_DropCpuFallbackNotice())
 
 
 def _free_port() -> int:

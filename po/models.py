@@ -98,9 +98,19 @@ def load_policy(cfg: DictConfig, tokenizer, seed: int, **load_kwargs) -> PreTrai
         except (OSError, ValueError) as exc:
             raise _offline_hint("model", cfg.name_or_path, exc) from exc
     if cfg.get("gradient_checkpointing"):
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable_activation_checkpointing(model)
         model.config.use_cache = False
     return model
+
+
+def enable_activation_checkpointing(model: PreTrainedModel) -> None:
+    """Recompute activations in the backward pass (non-reentrant). transformers renamed gradient checkpointing to
+    activation checkpointing; the old method name now warns, so the new one is used where it exists."""
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.2x
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
 def load_reference(cfg: DictConfig, tokenizer, seed: int, policy: PreTrainedModel) -> PreTrainedModel:

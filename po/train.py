@@ -30,6 +30,7 @@ from po.reference import AdapterReference, FrozenModelReference, resolve_strateg
 from po.reliable import ReliabilitySettings
 from po.rundir import eval_before_from_metrics, prepare_run_dir
 from po.trainer import PreferenceTrainer
+from po.validation import check_trains
 from po.zero import evaluate_at_train_begin, prepare_reference
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path) -> tuple[PreferenceTrainer, An
     tokenizer = load_tokenizer(cfg.model)
     use_annotator_column(cfg)
     data = load_preference_data(cfg.data, tokenizer, cfg.seed)
+    check_trains(cfg.trainer, len(data.train), world_size())  # 0 optimizer steps is an error, before any model
     configure_weighting(cfg, data.annotator_ids, run_dir)
     loss = build_loss(cfg)
     strategy = resolve_strategy(cfg.reference.strategy, loss.needs_reference, cfg.peft.get("method", "none"))
