@@ -116,8 +116,8 @@ class LossModuleSnapshots(TrainerCallback):
         params = list(self.loss_module.parameters())
         self.params[step] = [p.detach().clone() for p in params]
         self.grads[step] = [p.grad for p in params]
-        self.opt_state[step] = [{k: v.clone() if torch.is_tensor(v) else v for k, v in optimizer.state.get(p, {}).items()}
-                                for p in params]
+        state = [optimizer.state.get(p, {}) for p in params]
+        self.opt_state[step] = [{k: v.clone() if torch.is_tensor(v) else v for k, v in s.items()} for s in state]
 
 
 def test_nan_step_skips_the_loss_modules_parameters_too(tmp_path):
