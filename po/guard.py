@@ -3,9 +3,9 @@
 How the update is prevented: just before `optimizer.step()` every gradient the optimizer would apply is set to None
 (the model's and the loss module's own parameters, e.g. SparsePO's mask network), and torch optimizers skip
 parameters without a gradient (no parameter change, no Adam moment or step-count change). A non-finite gradient of
-either counts as a bad step. The learning-rate
-schedule still advances, as the batch was consumed: the schedule follows `global_step`. The loss module's own
-state (LCPO's eta) is restored to its value before the step. Ranks agree on the decision (one tiny all-reduce).
+either counts as a bad step. The learning-rate schedule still advances, as the batch was consumed: the schedule
+follows `global_step`. The loss module's own state (LCPO's eta) is restored to its value before the step. Ranks
+agree on the decision (one tiny all-reduce).
 Under DeepSpeed the gradients live inside the engine, so po counts, reports and stops but cannot skip the update
 itself (DeepSpeed's fp16 loss scaler skips overflowing steps on its own).
 

@@ -12,9 +12,9 @@ trainer's `loss_state.pt` (checkpoints and final model) already saves and restor
   not wrapped. So its gradients are averaged across ranks before each step and cleared after it (and when training
   begins); within a step, gradient accumulation sums the micro-batches, exactly as for the model.
 
-Under DeepSpeed the engine owns the optimizer and the gradients (ZeRO partitions both), and only the model is in the
-engine: loss parameters would be outside its gradient reduction, clearing and overflow handling. po therefore refuses
-a loss that trains parameters under a DeepSpeed config (`po.config.validate`).
+Under DeepSpeed, po refuses a loss that trains parameters (`po.config.validate`): DeepSpeed's ZeRO optimizer takes
+only the parameters of the model in its engine, and DeepSpeed 0.19.8 fails at start-up on the loss module's (ZeRO-2:
+a KeyError mapping them to the engine's parameter names; ZeRO-3: they were never partitioned).
 """
 
 from __future__ import annotations

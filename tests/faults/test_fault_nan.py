@@ -45,6 +45,32 @@ class NaNAtCalls(PreferenceLoss):
         return self.calls in self.bad_calls
 
 
+class NaNGradAtCalls(PreferenceLoss):
+    """Test weighting with a parameter of its own: on the listed (1-based) calls the loss stays finite, but that
+    parameter's gradient is NaN (a hook replaces the gradient of a term whose value is 0)."""
+
+    def __init__(self, loss, bad_calls, **_):
+        super().__init__()
+        self.loss, self.bad_calls, self.calls = loss, set(bad_calls), 0
+        self.scale = torch.nn.Parameter(torch.ones(()))
+
+    @property
+    def needs_reference(self):
+        return self.loss.needs_reference
+
+    @property
+    def needs(self):
+        return self.loss.needs
+
+    def forward(self, batch):
+        out = self.loss(batch)
+        self.calls += 1
+        term = self.scale * 0.0
+        if self.calls in self.bad_calls and term.requires_grad:
+            term.register_hook(lambda grad: torch.full_like(grad, float("nan")))
+        return LossOutput(out.per_pair + term, out.chosen_rewards, out.rejected_rewards, out.metrics)
+
+
 def nan_overrides(bad_calls):
     return JOB + [f"+weighting._target_={__name__}.NaNAtCalls", f"+weighting.bad_calls={list(bad_calls)}"]
 
@@ -141,3 +167,22 @@ def test_nan_step_skips_the_loss_modules_parameters_too(tmp_path):
         assert all(torch.isfinite(p).all() for p in snap.params[step])
         assert not all(torch.equal(a, b) for a, b in zip(snap.params[step], snap.params[step - 1]))
         assert all(float(s["step"]) == step - 1 for s in snap.opt_state[step])
+
+
+def test_non_finite_gradient_of_a_loss_parameter_skips_the_step(tmp_path):
+    """A finite loss whose loss-module parameter gets a NaN gradient: the guard counts it (cause grad_norm) and the
+    step changes nothing, neither the model nor that parameter."""
+    cfg = compose_cfg(JOB + [f"+weighting._target_={__name__}.NaNGradAtCalls", "+weighting.bad_calls=[3]",
+                             "trainer.max_steps=4"])
+    prepare_run_dir(cfg, tmp_path)
+    trainer, _, _ = build_trainer(cfg, tmp_path)
+    snap, loss_snap = Snapshots(), LossModuleSnapshots(trainer.loss_module)
+    trainer.add_callback(snap)
+    trainer.add_callback(loss_snap)
+    trainer.train()
+    report = [json.loads(line) for line in (tmp_path / "nonfinite_steps.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["cause"]) for r in report] == [(3, "grad_norm")]
+    assert all(torch.equal(a, b) for a, b in zip(snap.params[3], snap.params[2]))
+    assert snap.opt_steps[3] == snap.opt_steps[2] and snap.opt_steps[4] == snap.opt_steps[2] + 1
+    assert torch.equal(loss_snap.params[3][0], loss_snap.params[2][0])
+    assert all(torch.isfinite(p).all() for p in [*trainer.model.parameters(), *trainer.loss_module.parameters()])
