@@ -99,9 +99,12 @@ class PreferenceTrainer(ReliableTrainerMixin, Trainer):
         super().log(logs, start_time)
 
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:
-        """Save the model as the Trainer does, plus the loss module's state (LCPO's eta, a mask network)."""
+        """Save the model as the Trainer does, plus the loss module's state (LCPO's eta, a mask network).
+
+        Every rank calls this; as for the model, only the writer rank writes (the others may not have the folder)."""
         super()._save(output_dir, state_dict)
-        save_loss_state(self.loss_module, output_dir or self.args.output_dir)
+        if self.args.should_save:
+            save_loss_state(self.loss_module, output_dir or self.args.output_dir)
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
         super()._load_from_checkpoint(resume_from_checkpoint, model)

@@ -5,7 +5,7 @@ reach it. These tests pin what the optimizer must see: at the start of every opt
 within a step gradient accumulation sums the micro-batches (each scaled by 1/accumulation, like the model's), and
 after k steps its parameters equal those of a plain loop (`zero_grad` / backward per micro-batch / clip the model /
 AdamW step / linear schedule) on the same model, data order and AdamW settings, with the mask group's own weight
-decay. Mask dropout is 0 so that both runs are deterministic.
+decay, in one process and in a 2-process DDP run. Mask dropout is 0 so that the runs are deterministic.
 """
 
 from __future__ import annotations
@@ -106,3 +106,35 @@ def test_mask_network_steps_equal_a_hand_written_loop(tmp_path, accumulation):
     moved = [max((a - b).abs().max().item() for a, b in zip(before, after))
              for before, after in zip([start] + recorder.params_after, recorder.params_after)]
     assert min(moved) > 1e-5, moved
+
+
+@pytest.mark.slow
+def test_mask_network_under_ddp_equals_the_hand_written_loop(tmp_path):
+    """2 CPU processes (torchrun, gloo) x 1 pair x accumulation 2 see the same 4 pairs per step as 1 process x 4
+    pairs: the mask network's gradients are summed over micro-batches, averaged over ranks (`LossGradients`) and
+    cleared after each step, so its saved parameters equal the hand-written loop's. Also: every rank reaches the
+    final save, and only the writer rank writes `loss_state.pt` (the others have no model folder)."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    from po.trainer import LOSS_STATE_FILE
+    from tests.conftest import REPO
+
+    cfg, trainer, policy, loss, micro_batches, _ = train_recording(tmp_path / "plain", accumulation=1)
+    hand_loop(cfg, policy, loss, trainer.reference, micro_batches, accumulation=1)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
+           "-m", "po.cli", f"hydra.run.dir={tmp_path / 'ddp'}", *SETTINGS, "trainer.per_device_train_batch_size=1",
+           "trainer.gradient_accumulation_steps=2", "trainer.use_cpu=true", "trainer.ddp_backend=gloo"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO), HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    ddp = torch.load(tmp_path / "ddp" / "model" / LOSS_STATE_FILE)
+    expected = loss.state_dict()
+    assert ddp.keys() == expected.keys()
+    for key in expected:
+        torch.testing.assert_close(ddp[key], expected[key], rtol=0, atol=1e-5, msg=key)
