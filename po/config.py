@@ -231,8 +231,9 @@ def validate(cfg: DictConfig) -> None:
                           "model's full logits (the token KL over the whole vocabulary) and hidden states at every "
                           "step, which cached log-probs do not contain; use reference=auto (or model/adapter)")
     if cfg.deepspeed.get("config") and loss_trains_parameters(loss):
-        raise ConfigError(f"{cfg.loss._target_} trains its own parameters (a learned mask network), which po does not "
-                          "yet hand to DeepSpeed's optimizer; use deepspeed=none (DDP via torchrun works) or "
+        raise ConfigError(f"{cfg.loss._target_} trains its own parameters (a learned mask network) outside the model, "
+                          "and DeepSpeed's ZeRO optimizer takes only the parameters of the model in its engine (it "
+                          "fails at start-up on others); use deepspeed=none (DDP via torchrun works) or "
                           "loss.mask=activations / loss.mask=none")
     if strategy == "none" and loss.needs_reference:
         raise ConfigError(f"{cfg.loss._target_} needs reference log-probs; use reference=auto (or model/adapter), "

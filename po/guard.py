@@ -1,9 +1,11 @@
 """NaN/inf guard: a step whose loss or gradient norm is not finite changes nothing and is reported.
 
-How the update is prevented: just before `optimizer.step()` every gradient is set to None, and torch optimizers
-skip parameters without a gradient (no parameter change, no Adam moment or step-count change). The learning-rate
-schedule still advances, as the batch was consumed: the schedule follows `global_step`. The loss module's own
-state (LCPO's eta) is restored to its value before the step. Ranks agree on the decision (one tiny all-reduce).
+How the update is prevented: just before `optimizer.step()` every gradient the optimizer would apply is set to None
+(the model's and the loss module's own parameters, e.g. SparsePO's mask network), and torch optimizers skip
+parameters without a gradient (no parameter change, no Adam moment or step-count change). A non-finite gradient of
+either counts as a bad step. The learning-rate schedule still advances, as the batch was consumed: the schedule
+follows `global_step`. The loss module's own state (LCPO's eta) is restored to its value before the step. Ranks
+agree on the decision (one tiny all-reduce).
 Under DeepSpeed the gradients live inside the engine, so po counts, reports and stops but cannot skip the update
 itself (DeepSpeed's fp16 loss scaler skips overflowing steps on its own).
 
@@ -79,11 +81,14 @@ class NonFiniteGuard(TrainerCallback):
 
     def on_pre_optimizer_step(self, args, state, control, **kwargs):
         self._read_micro_batches()
-        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        params = list(self.model.parameters())
+        if self.loss_module is not None:
+            params += list(self.loss_module.parameters())
+        grads = [p.grad for p in params if p.grad is not None]
         grads_bad = bool(grads) and not torch.isfinite(torch.nn.utils.get_total_norm(grads)).item()
         self._step_bad = any_rank(self._loss_bad or grads_bad, self.device)
         if self._step_bad:
-            for p in self.model.parameters():
+            for p in params:
                 p.grad = None   # torch optimizers skip parameters without a gradient: no update at all
 
     def on_step_end(self, args, state, control, **kwargs):

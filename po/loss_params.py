@@ -7,8 +7,14 @@ trainer's `loss_state.pt` (checkpoints and final model) already saves and restor
   sizes before the optimizer exists (walks submodules, so a wrapping weighting such as LCPO is no obstacle);
 - `loss_param_groups`: their own optimizer parameter group(s) (a loss's `optimizer_param_groups()`, e.g. with
   `mask_weight_decay`), added by `PreferenceTrainer.create_optimizer`;
-- `LossGradSync`: under DDP the loss module is not wrapped, so its gradients are averaged across ranks here, once
-  per optimizer step, before the step.
+- `LossGradients`: their gradients, handled where the Trainer handles the model's. The Trainer knows only the model:
+  its `model.zero_grad()` after each optimizer step does not reach the loss module, and under DDP the loss module is
+  not wrapped. So its gradients are averaged across ranks before each step and cleared after it (and when training
+  begins); within a step, gradient accumulation sums the micro-batches, exactly as for the model.
+
+Under DeepSpeed, po refuses a loss that trains parameters (`po.config.validate`): DeepSpeed's ZeRO optimizer takes
+only the parameters of the model in its engine, and DeepSpeed 0.19.8 fails at start-up on the loss module's (ZeRO-2:
+a KeyError mapping them to the engine's parameter names; ZeRO-3: they were never partitioned).
 """
 
 from __future__ import annotations
@@ -49,11 +55,14 @@ def loss_param_groups(loss_module: torch.nn.Module, default_weight_decay: float)
     return groups
 
 
-class LossGradSync(TrainerCallback):
-    """Average the loss module's gradients over data-parallel ranks before each optimizer step."""
+class LossGradients(TrainerCallback):
+    """The loss module's gradients: averaged over data-parallel ranks before each optimizer step, cleared after it."""
 
     def __init__(self, loss_module: torch.nn.Module):
         self.loss_module = loss_module
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.loss_module.zero_grad(set_to_none=True)  # the Trainer clears the model's here too
 
     def on_pre_optimizer_step(self, args, state, control, **kwargs):
         if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
@@ -64,3 +73,7 @@ class LossGradSync(TrainerCallback):
                     p.grad = torch.zeros_like(p)
                 dist.all_reduce(p.grad)
                 p.grad /= dist.get_world_size()
+
+    def on_optimizer_step(self, args, state, control, **kwargs):
+        """Right after `optimizer.step()`, where the Trainer's `model.zero_grad()` clears the model's gradients."""
+        self.loss_module.zero_grad(set_to_none=True)

@@ -15,7 +15,7 @@ from transformers import Trainer, TrainerCallback
 
 from losses.base import PreferenceLoss
 from po.evaluation import loss_independent_metrics
-from po.loss_params import LossGradSync, bind_loss_to_model, loss_param_groups
+from po.loss_params import LossGradients, bind_loss_to_model, loss_param_groups
 from po.metrics import MetricAccumulator
 from po.reliable import ReliableTrainerMixin
 from po.step import ReferenceSource, pair_batch
@@ -31,7 +31,7 @@ class PreferenceTrainer(ReliableTrainerMixin, Trainer):
         bind_loss_to_model(self.loss_module, self.model)  # e.g. SparsePO's mask network, sized from the model
         self.loss_module.to(self.args.device)
         self.add_callback(_LossStepCallback(self.loss_module))
-        self.add_callback(LossGradSync(self.loss_module))
+        self.add_callback(LossGradients(self.loss_module))  # averaged over ranks, cleared after each step
         self.model_accepts_loss_kwargs = False  # our loss is a mean over pairs: let the Trainer divide by GA
         self._metrics = {"train": MetricAccumulator(), "eval": MetricAccumulator()}
         self._last_log = time.perf_counter()
@@ -63,7 +63,9 @@ class PreferenceTrainer(ReliableTrainerMixin, Trainer):
             self.args.dataloader_drop_last = True
 
     def create_optimizer(self, *args, **kwargs):
-        """The Trainer's optimizer, plus the loss module's trainable parameters in their own group(s)."""
+        """The Trainer's optimizer, plus the loss module's trainable parameters in their own group(s).
+
+        The Trainer clears only the model's gradients; `LossGradients` clears these after every step."""
         optimizer = super().create_optimizer(*args, **kwargs)
         present = {id(p) for group in optimizer.param_groups for p in group["params"]}
         for group in loss_param_groups(self.loss_module, self.args.weight_decay):
@@ -97,9 +99,12 @@ class PreferenceTrainer(ReliableTrainerMixin, Trainer):
         super().log(logs, start_time)
 
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:
-        """Save the model as the Trainer does, plus the loss module's state (LCPO's eta, a mask network)."""
+        """Save the model as the Trainer does, plus the loss module's state (LCPO's eta, a mask network).
+
+        Every rank calls this; as for the model, only the writer rank writes (the others may not have the folder)."""
         super()._save(output_dir, state_dict)
-        save_loss_state(self.loss_module, output_dir or self.args.output_dir)
+        if self.args.should_save:
+            save_loss_state(self.loss_module, output_dir or self.args.output_dir)
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
         super()._load_from_checkpoint(resume_from_checkpoint, model)

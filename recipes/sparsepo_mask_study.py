@@ -1,14 +1,16 @@
 """Do SparsePO's learned masks find the token that decides the preference? A synthetic marked-token study.
 
 Run:  PYTHONPATH=. python recipes/sparsepo_mask_study.py [--pairs 4000 --seeds 0 1 2 --l1 0 1e-4 1e-3]
-      (CPU, about a minute per seed; prints a markdown table, as in docs/sparsepo.md)
+      (CPU, under a minute per seed; prints a markdown table, as in docs/sparsepo.md)
 
 Task: a prompt of 4 random filler tokens; each response is 12 independent random filler tokens with one marked
 token at a random position: GOOD in the chosen response, BAD in the rejected one. Only the marked token decides the
 preference; every other token is noise. A 2-layer tiny Llama (hidden 64) is trained for one pass over `--pairs`
 pairs (batch 16, AdamW lr 1e-3, the mask network in its own group with weight decay 0.01), with the reference a
 frozen copy of the initial model, for `mask_position=predicting` and `token` and each L1 weight (lambda_u =
-lambda_d), and TDPO (`mask=none`) as the baseline. On 512 held-out pairs it reports:
+lambda_d), and TDPO (`mask=none`) as the baseline. The loop is this file's own, not po-train's: one AdamW holds the
+model's and the mask network's groups, and `optimizer.zero_grad()` clears both before every batch (no gradient
+accumulation). On 512 held-out pairs it reports:
 
 - ratio: mean mask on the marked token / mean mask on filler tokens (1 = the mask ignores the marked token);
 - peak: % of responses whose largest mask value is on the marked token (chance ~8%);

@@ -51,6 +51,8 @@ def styled_tokenizer(style: str):
 PROMPT = [{"role": "user", "content": "Tell me about rivers."}]
 CHOSEN = [{"role": "assistant", "content": "Rivers flow to the sea."}]
 REJECTED = [{"role": "assistant", "content": "No."}]
+# Per family: the token that ends an assistant turn, and the text the template renders after it.
+END_OF_TURN = {"llama3": ("<|eot_id|>", ""), "qwen2": ("<|im_end|>", "\n"), "mistral": ("</s>", "")}
 
 
 @pytest.mark.parametrize("style", ["llama3", "qwen2", "mistral", "tiny"])
@@ -71,6 +73,22 @@ def test_no_doubled_special_tokens(style):
     # The generation prompt belongs to the prompt part.
     generation = tok.apply_chat_template(PROMPT, add_generation_prompt=True, tokenize=False)
     assert tok.decode(tp.prompt_ids, skip_special_tokens=False) == generation
+
+
+@pytest.mark.parametrize("style", sorted(END_OF_TURN))
+def test_response_is_the_content_and_the_end_of_turn_token(style):
+    """po's convention: a response is the assistant's content plus the template's end-of-turn token, and nothing
+    after it (the model must learn to stop; what the template writes after the stop token is never generated).
+    Llama-3: content<|eot_id|>; Qwen2 / ChatML: content<|im_end|> (the template's "\n" after it is dropped);
+    Mistral: content</s>. The ids are pinned literally."""
+    tok = styled_tokenizer(style)
+    end, after = END_OF_TURN[style]
+    rendered = tok.apply_chat_template(PROMPT + CHOSEN, tokenize=False)
+    assert rendered.endswith(CHOSEN[0]["content"] + end + after)   # what the family's template renders
+    tp = tokenize_pair(Pair(PROMPT, CHOSEN, REJECTED, "t"), tok)
+    end_id = tok.convert_tokens_to_ids(end)
+    for response, messages in ((tp.chosen_ids, CHOSEN), (tp.rejected_ids, REJECTED)):
+        assert response == tok(messages[0]["content"], add_special_tokens=False)["input_ids"] + [end_id]
 
 
 def test_template_without_bos_gets_the_tokenizer_bos_once():

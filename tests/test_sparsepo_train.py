@@ -83,6 +83,19 @@ def test_learned_mask_under_deepspeed_is_a_config_error():
     validate(compose_cfg(["loss=sparsepo", "loss.mask=activations", "+deepspeed.config={zero_optimization: {stage: 2}}"]))
 
 
+@pytest.mark.parametrize("option", ["zero2", "zero3", "zero3_offload"])
+def test_learned_mask_refusal_says_why_for_every_deepspeed_option(option):
+    """The mask network is outside the model DeepSpeed wraps, and ZeRO's optimizer accepts only that model's
+    parameters: with the refusal bypassed, DeepSpeed 0.19.8 fails while building its optimizer (ZeRO-2: KeyError in
+    _create_param_mapping; ZeRO-3: the parameter has no partition_numel). The message says so and what to use."""
+    with pytest.raises(ConfigError, match=r"outside the model, and DeepSpeed's ZeRO optimizer takes only the "
+                                          r"parameters of the model in its engine.*use deepspeed=none"):
+        validate(compose_cfg(["loss=sparsepo", f"deepspeed={option}"]))
+    with pytest.raises(ConfigError, match="trains its own parameters"):   # also inside a weighting
+        validate(compose_cfg(["loss=sparsepo", "weighting=lcpo", f"deepspeed={option}"]))
+    validate(compose_cfg(["loss=sparsepo", "loss.mask=none", f"deepspeed={option}"]))
+
+
 @pytest.mark.parametrize("override,match", [("loss.mask=random", "loss.mask=random"),
                                             ("loss.mask_position=next", "loss.mask_position"),
                                             ("loss.lambda_u=-1", "loss.lambda_u")])

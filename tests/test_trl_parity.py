@@ -4,6 +4,9 @@ Each test runs TRL's own trainer `compute_loss` on a batch collated by TRL's col
 same pairs collated by `PairCollator`: same policy (a seeded perturbation of the reference), same reference, same
 ids (unequal lengths, one-token responses). Loss and the batch means of chosen/rejected rewards are compared.
 
+Parity holds on identical token ids. The last tests pin how the ids differ when po and TRL each tokenize the same
+chat data (Llama-3, Qwen2/ChatML and Mistral templates), and that DPO parity holds once TRL is given po's ids.
+
 Run: `python -m pytest tests/test_trl_parity.py -q`.
 """
 
@@ -171,3 +174,104 @@ def test_simpo_matches_trl_cpo(setup, tmp_path, beta, ratio):
     torch.testing.assert_close(out.chosen_rewards.mean().item(), metrics["rewards/chosen"], **TOL)
     torch.testing.assert_close(out.rejected_rewards.mean().item(), metrics["rewards/rejected"], **TOL)
     assert (out.chosen_rewards - out.rejected_rewards).abs().min() > 1e-4
+
+
+# ---- Chat templates: which token ids each toolkit trains on, and parity on po's ids ----
+#
+# po trains on the assistant's content plus the template's end-of-turn token and nothing after it
+# (po/data/tokenize.py). TRL 1.16 keeps what the template renders after the end-of-turn token: DPOTrainer takes the
+# rendered conversation's tokens after the prompt; CPOTrainer does the same on the text, then appends EOS unless the
+# last token already is EOS. The three template families of tests/test_data_templates.py, two conversations:
+TRL_EXTRA_TRAILING_TEXT = {  # family -> (what DPOTrainer trains on after po's response, what CPOTrainer does)
+    "llama3": ("", ""),
+    "qwen2": ("\n", "\n<|im_end|>"),
+    "mistral": ("", ""),
+}
+
+
+def _turns(prompt: str, chosen: str, rejected: str) -> tuple[list[dict], list[dict], list[dict]]:
+    return ([{"role": "user", "content": prompt}], [{"role": "assistant", "content": chosen}],
+            [{"role": "assistant", "content": rejected}])
+
+
+CONVERSATIONS = [_turns("Tell me about rivers.", "Rivers flow to the sea.", "No."),
+                 _turns("hello there, how are you today?", "the cat sat on the mat.", "No.")]
+
+
+@pytest.fixture(scope="module", params=sorted(TRL_EXTRA_TRAILING_TEXT))
+def family(request, tmp_path_factory):
+    """One template family: (style, setup tuple as `setup` on po's ids, TRL DPOTrainer rows, TRL CPOTrainer rows)."""
+    from trl import DPOConfig, DPOTrainer
+    from trl.experimental.cpo import CPOConfig, CPOTrainer
+
+    from po.data.pairs import Pair
+    from po.data.tokenize import tokenize_pair
+    from tests.test_data_templates import styled_tokenizer
+
+    style = request.param
+    tokenizer = styled_tokenizer(style)
+    reference = build_tiny_model(compose_cfg().model, tokenizer, seed=0).eval()
+    policy = copy.deepcopy(reference)
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in policy.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=gen))
+    po_examples = []
+    for i, (prompt, chosen, rejected) in enumerate(CONVERSATIONS):
+        tp = tokenize_pair(Pair(prompt, chosen, rejected, f"row {i}"), tokenizer)
+        po_examples.append({"prompt_ids": tp.prompt_ids, "chosen_ids": tp.chosen_ids, "rejected_ids": tp.rejected_ids,
+                            "row_id": i})
+    rows = datasets.Dataset.from_list([{"prompt": p, "chosen": c, "rejected": r} for p, c, r in CONVERSATIONS])
+    out = tmp_path_factory.mktemp(style)
+    dpo = DPOTrainer(model=copy.deepcopy(policy), ref_model=copy.deepcopy(reference), train_dataset=rows,
+                     args=DPOConfig(output_dir=str(out / "dpo"), report_to="none", use_cpu=True, max_length=None),
+                     processing_class=copy.deepcopy(tokenizer))
+    cpo = CPOTrainer(model=copy.deepcopy(policy), train_dataset=rows,
+                     args=CPOConfig(output_dir=str(out / "cpo"), report_to="none", use_cpu=True, max_length=512),
+                     processing_class=copy.deepcopy(tokenizer))
+    return style, (tokenizer, policy, reference, po_examples), list(dpo.train_dataset), list(cpo.train_dataset)
+
+
+def cpo_split(row: dict, side: str) -> tuple[list[int], list[int]]:
+    """(prompt ids, response ids) of one side of a CPOTrainer row: the response is where labels are not -100."""
+    ids, labels = row[f"{side}_input_ids"], row[f"{side}_labels"]
+    return [i for i, label in zip(ids, labels) if label == -100], [i for i, label in zip(ids, labels) if label != -100]
+
+
+def test_trl_tokenizes_chat_templates_with_these_trailing_ids(family):
+    """Same conversation, each toolkit tokenizing it itself: the prompts are identical and each response differs from
+    po's only by the trailing tokens listed in TRL_EXTRA_TRAILING_TEXT (po: content + end-of-turn token)."""
+    style, (tokenizer, _, _, po_examples), dpo_rows, cpo_rows = family
+    dpo_extra, cpo_extra = (tokenizer(text, add_special_tokens=False)["input_ids"]
+                            for text in TRL_EXTRA_TRAILING_TEXT[style])
+    for po_row, dpo_row, cpo_row in zip(po_examples, dpo_rows, cpo_rows, strict=True):
+        assert dpo_row["prompt_ids"] == po_row["prompt_ids"]
+        for side in ("chosen", "rejected"):
+            assert dpo_row[f"{side}_ids"] == po_row[f"{side}_ids"] + dpo_extra, (style, side)
+            prompt_ids, response_ids = cpo_split(cpo_row, side)
+            assert prompt_ids == po_row["prompt_ids"]
+            assert response_ids == po_row[f"{side}_ids"] + cpo_extra, (style, side)
+
+
+def test_dpo_matches_trl_on_pos_chat_template_ids(family, tmp_path):
+    """Given po's token ids, TRL's DPOTrainer loss equals po's to 1e-5 for every family. When TRL tokenizes the text
+    itself, the loss is the same only where the ids are (Llama-3, Mistral); on ChatML its extra "\\n" token moves it."""
+    style, setup, dpo_rows, _ = family
+    from trl.trainer.dpo_trainer import DataCollatorForPreference
+
+    out, _ = po_output(setup, DPOLoss(beta=0.1))
+    trl_loss, metrics = trl_dpo(setup, tmp_path, "sigmoid", 0.1)
+    torch.testing.assert_close(out.per_pair.mean(), trl_loss.to(out.per_pair.dtype), **TOL)
+    torch.testing.assert_close(out.chosen_rewards.mean().item(), metrics["rewards/chosen"], **TOL)
+    torch.testing.assert_close(out.rejected_rewards.mean().item(), metrics["rewards/rejected"], **TOL)
+    assert (out.chosen_rewards - out.rejected_rewards).abs().min() > 1e-4
+
+    tokenizer, policy, reference, _ = setup
+    own_ids = [{k: row[k] for k in ("prompt_ids", "chosen_ids", "rejected_ids")} for row in dpo_rows]
+    own_loss, _ = trl_dpo((tokenizer, policy, reference, own_ids), tmp_path / "own", "sigmoid", 0.1)
+    gap = abs(own_loss.item() - out.per_pair.mean().item())
+    print(f"{style}: |TRL DPO loss on its own tokenization - po's| = {gap:.2e}")
+    if TRL_EXTRA_TRAILING_TEXT[style][0]:
+        assert gap > 1e-4
+    else:
+        assert gap < 1e-5

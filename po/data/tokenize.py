@@ -3,11 +3,26 @@
 Strings: the prompt gets the tokenizer's own leading special tokens (BOS where it adds one, never a trailing EOS);
 responses get none, then EOS.
 Messages: the conversation is rendered by the chat template; the prompt part ends with the assistant generation
-prompt, and the response is the rendered text that follows it. It already ends with the template's end-of-turn
-special token (`<|eot_id|>`, `<|im_end|>`, `</s>`), so no EOS is added after it; if the template ends a turn with
-plain text, EOS is appended. Rendered text is tokenized without special tokens, so a BOS the template writes is
-not doubled; if the template writes none but the tokenizer normally adds one, it is prepended.
+prompt, and the response is the rendered text that follows it, without the whitespace the template writes after
+the turn. Rendered text is tokenized without special tokens, so a BOS the template writes is not doubled; if the
+template writes none but the tokenizer normally adds one, it is prepended.
 An empty prompt still gets one start token (BOS, else EOS) so that the first response token has a context.
+
+End-of-turn convention: po trains on the assistant's content plus the template's end-of-turn token, and nothing
+after it. The model must learn to emit the stop token; text a template puts after it is never generated. Per family:
+
+| family | the template renders | po trains on |
+|---|---|---|
+| Llama-3 | `content<|eot_id|>` | `content<|eot_id|>` |
+| Qwen2 / ChatML | `content<|im_end|>\n` | `content<|im_end|>` (the newline is dropped) |
+| Mistral | `content</s>` | `content</s>` |
+| a template that ends turns with plain text | `content` | `content` + EOS |
+
+A response that already ends in a special token (EOS or any added special token) gets no EOS after it. What is cut
+after the turn is whitespace only: a template that writes other text after the last turn (e.g. an EOS closing the
+whole conversation) keeps it.
+tests/test_data_templates.py pins these ids; tests/test_trl_parity.py pins how TRL's trainers differ (DPOTrainer
+keeps ChatML's newline, CPOTrainer adds `<|im_end|>` after it again).
 """
 
 from __future__ import annotations

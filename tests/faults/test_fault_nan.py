@@ -1,6 +1,6 @@
-"""NaN/inf guard: an injected non-finite loss skips the step (parameters and optimizer state unchanged), is counted
-and logged with the batch's row ids; `trainer.max_bad_steps` bad steps in a row stop the run with a clear message
-and a checkpoint of the last good state."""
+"""NaN/inf guard: an injected non-finite loss skips the step (parameters and optimizer state unchanged, the loss
+module's own parameters included), is counted and logged with the batch's row ids; `trainer.max_bad_steps` bad
+steps in a row stop the run with a clear message and a checkpoint of the last good state."""
 
 import json
 
@@ -11,7 +11,7 @@ from fault_helpers import JOB
 from safetensors.torch import load_file
 from transformers import TrainerCallback
 
-from losses.base import LossOutput
+from losses.base import LossOutput, PreferenceLoss
 from po.guard import NonFiniteSteps
 from po.rundir import prepare_run_dir
 from po.train import build_trainer
@@ -19,7 +19,7 @@ from po.train import build_trainer
 pytestmark = pytest.mark.slow
 
 
-class NaNAtCalls(torch.nn.Module):
+class NaNAtCalls(PreferenceLoss):
     """Test weighting: the wrapped loss, with per-pair losses replaced by NaN on the listed (1-based) calls."""
 
     def __init__(self, loss, bad_calls, **_):
@@ -43,6 +43,32 @@ class NaNAtCalls(torch.nn.Module):
     def training_call(self) -> bool:
         self.calls += 1
         return self.calls in self.bad_calls
+
+
+class NaNGradAtCalls(PreferenceLoss):
+    """Test weighting with a parameter of its own: on the listed (1-based) calls the loss stays finite, but that
+    parameter's gradient is NaN (a hook replaces the gradient of a term whose value is 0)."""
+
+    def __init__(self, loss, bad_calls, **_):
+        super().__init__()
+        self.loss, self.bad_calls, self.calls = loss, set(bad_calls), 0
+        self.scale = torch.nn.Parameter(torch.ones(()))
+
+    @property
+    def needs_reference(self):
+        return self.loss.needs_reference
+
+    @property
+    def needs(self):
+        return self.loss.needs
+
+    def forward(self, batch):
+        out = self.loss(batch)
+        self.calls += 1
+        term = self.scale * 0.0
+        if self.calls in self.bad_calls and term.requires_grad:
+            term.register_hook(lambda grad: torch.full_like(grad, float("nan")))
+        return LossOutput(out.per_pair + term, out.chosen_rewards, out.rejected_rewards, out.metrics)
 
 
 def nan_overrides(bad_calls):
@@ -96,3 +122,67 @@ def test_max_bad_steps_stops_with_checkpoint_of_last_good_state(tmp_path):
     opt_b = torch.load(stopped / "optimizer.pt", weights_only=True)["state"]
     assert all(torch.equal(opt_a[i]["exp_avg"], opt_b[i]["exp_avg"]) for i in opt_a)
     assert not (tmp_path / "summary.json").exists()
+
+
+class LossModuleSnapshots(TrainerCallback):
+    """The loss module's parameters, their optimizer state (Adam moments and step count) and gradients once a step
+    is complete (every callback of it done), keyed by the number of steps taken; read when the next step begins."""
+
+    def __init__(self, loss_module: torch.nn.Module):
+        self.loss_module = loss_module
+        self.params, self.opt_state, self.grads = {}, {}, {}
+
+    def on_step_begin(self, args, state, control, optimizer=None, **kwargs):
+        self._record(state.global_step, optimizer)
+
+    def on_train_end(self, args, state, control, optimizer=None, **kwargs):
+        self._record(state.global_step, optimizer)
+
+    def _record(self, step: int, optimizer) -> None:
+        params = list(self.loss_module.parameters())
+        self.params[step] = [p.detach().clone() for p in params]
+        self.grads[step] = [p.grad for p in params]
+        state = [optimizer.state.get(p, {}) for p in params]
+        self.opt_state[step] = [{k: v.clone() if torch.is_tensor(v) else v for k, v in s.items()} for s in state]
+
+
+def test_nan_step_skips_the_loss_modules_parameters_too(tmp_path):
+    """SparsePO's learned mask network is trained by the loss module: on a skipped step it keeps its values and its
+    AdamW state (exp_avg, exp_avg_sq and the step count), and the NaN gradient is not carried into the next step."""
+    cfg = compose_cfg(nan_overrides([3]) + ["loss=sparsepo", "loss.mask_position=token", "trainer.max_steps=5",
+                                            "data.max_rows=64"])
+    prepare_run_dir(cfg, tmp_path)
+    trainer, _, _ = build_trainer(cfg, tmp_path)
+    assert len(list(trainer.loss_module.parameters())) > 0
+    snap = LossModuleSnapshots(trainer.loss_module)
+    trainer.add_callback(snap)
+    trainer.train()
+    assert [json.loads(line)["step"] for line in (tmp_path / "nonfinite_steps.jsonl").read_text().splitlines()] == [3]
+    assert all(torch.equal(a, b) for a, b in zip(snap.params[3], snap.params[2]))
+    for before, after in zip(snap.opt_state[2], snap.opt_state[3]):
+        assert before.keys() == after.keys() == {"step", "exp_avg", "exp_avg_sq"}
+        assert all(torch.equal(torch.as_tensor(before[k]), torch.as_tensor(after[k])) for k in before)
+    assert all(g is None or not g.any() for g in snap.grads[3])   # nothing carried over into step 4
+    for step in (4, 5):  # training goes on, finite, and the optimizer counts only the steps it took
+        assert all(torch.isfinite(p).all() for p in snap.params[step])
+        assert not all(torch.equal(a, b) for a, b in zip(snap.params[step], snap.params[step - 1]))
+        assert all(float(s["step"]) == step - 1 for s in snap.opt_state[step])
+
+
+def test_non_finite_gradient_of_a_loss_parameter_skips_the_step(tmp_path):
+    """A finite loss whose loss-module parameter gets a NaN gradient: the guard counts it (cause grad_norm) and the
+    step changes nothing, neither the model nor that parameter."""
+    cfg = compose_cfg(JOB + [f"+weighting._target_={__name__}.NaNGradAtCalls", "+weighting.bad_calls=[3]",
+                             "trainer.max_steps=4"])
+    prepare_run_dir(cfg, tmp_path)
+    trainer, _, _ = build_trainer(cfg, tmp_path)
+    snap, loss_snap = Snapshots(), LossModuleSnapshots(trainer.loss_module)
+    trainer.add_callback(snap)
+    trainer.add_callback(loss_snap)
+    trainer.train()
+    report = [json.loads(line) for line in (tmp_path / "nonfinite_steps.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["cause"]) for r in report] == [(3, "grad_norm")]
+    assert all(torch.equal(a, b) for a, b in zip(snap.params[3], snap.params[2]))
+    assert snap.opt_steps[3] == snap.opt_steps[2] and snap.opt_steps[4] == snap.opt_steps[2] + 1
+    assert torch.equal(loss_snap.params[3][0], loss_snap.params[2][0])
+    assert all(torch.isfinite(p).all() for p in [*trainer.model.parameters(), *trainer.loss_module.parameters()])
