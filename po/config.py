@@ -18,7 +18,8 @@ from po.errors import ConfigError
 from po.loss_params import loss_trains_parameters
 
 # Keys of the `trainer` group that are po's own, not transformers.TrainingArguments fields.
-PO_TRAINER_KEYS = {"logps_chunk_size", "resume", "overwrite", "max_bad_steps", "checkpoint_checksums", "packing"}
+PO_TRAINER_KEYS = {"logps_chunk_size", "resume", "overwrite", "max_bad_steps", "checkpoint_checksums", "packing",
+                   "trust_checkpoint"}
 
 
 def conf_dir() -> Path:
