@@ -23,7 +23,7 @@ from po.atomic import write_text_atomic
 from po.config import conf_dir
 from po.distributed import is_main_process
 from po.errors import POError
-from po.jobfiles import snapshot_job_files
+from po.jobfiles import snapshot_job_files, write_job_configs
 from po.launch import prepare_submitit_job, requeue_if_preempted
 from po.preemption import TrainingPreempted
 from po.runlock import RunDirRefused
@@ -48,9 +48,10 @@ def _main(cfg: DictConfig) -> float | None:
             return None
         sys.exit(0)
     except Exception as exc:
-        if hydra_cfg.mode == RunMode.MULTIRUN:  # leave the reason where po-report finds it, then let Hydra
-            # record the failure and go on with the other runs; a refused start leaves the directory untouched
+        if hydra_cfg.mode == RunMode.MULTIRUN:  # leave the reason where po-report finds it (with .hydra/), then
+            # let Hydra record the failure and go on with the other runs; a refused start leaves the dir untouched
             if not isinstance(exc, RunDirRefused) and is_main_process():
+                write_job_configs(run_dir, job_files)
                 write_text_atomic(run_dir / "error.txt", f"{type(exc).__name__}: {exc}\n")
             raise
         if not isinstance(exc, POError):

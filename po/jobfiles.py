@@ -5,7 +5,8 @@ directory before it calls po (hydra/core/utils.py `run_job`), on every rank of a
 then refuses (a finished run, or a directory another process holds) would already have changed the directory.
 conf/train.yaml therefore turns both off (`hydra.output_subdir: null`; `hydra/job_logging: po`, the console only),
 and po writes the same files, under the same names and with the content Hydra would have written, on global rank 0
-after `po.runlock.claim_run_dir` (`po-report` reads `.hydra/overrides.yaml`).
+after `po.runlock.claim_run_dir` (`po-report` reads `.hydra/overrides.yaml`). A sweep point that fails for another
+reason before that (a bad value) still gets its `.hydra/` files beside `error.txt` (po.cli), so po-report names it.
 """
 
 from __future__ import annotations
@@ -40,11 +41,16 @@ def snapshot_job_files(task_cfg: DictConfig) -> HydraJobFiles:
     )
 
 
-def write_job_files(run_dir: Path, files: HydraJobFiles, fresh_log: bool = False) -> logging.Handler:
-    """Write `.hydra/*.yaml` (atomically) and send the root logger to the job log (appended to, unless
-    `fresh_log`); return the log's handler for `close_job_log`."""
+def write_job_configs(run_dir: Path, files: HydraJobFiles) -> None:
+    """Write `.hydra/*.yaml`, each atomically."""
     for name, text in files.configs.items():
         write_text_atomic(Path(run_dir) / SUBDIR / name, text)
+
+
+def write_job_files(run_dir: Path, files: HydraJobFiles, fresh_log: bool = False) -> logging.Handler:
+    """Write `.hydra/*.yaml` and send the root logger to the job log (appended to, unless `fresh_log`); return the
+    log's handler for `close_job_log`."""
+    write_job_configs(run_dir, files)
     root = logging.getLogger()
     handler = logging.FileHandler(Path(run_dir) / files.log_name, mode="w" if fresh_log else "a")
     console = next((h.formatter for h in root.handlers if h.formatter is not None), None)
