@@ -6,10 +6,12 @@ import os
 import subprocess
 
 import pytest
-from fault_helpers import (SAVE_EVERY_3, assert_finished_like_reference, assert_one_line_error, finish, leftovers,
+from conftest import run_train
+from fault_helpers import (JOB, SAVE_EVERY_3, assert_finished_like_reference, assert_one_line_error, finish, leftovers,
                            run, start, wait_until)
 
 from po import checkpoints
+from po.reliable import CheckpointWriteError
 
 pytestmark = pytest.mark.slow
 
@@ -69,3 +71,18 @@ def test_disk_full_at_the_final_model_write(tmp_path, mount_tmpfs):
     assert rc == 0, out[-3000:]
     assert f"resuming from {run_dir / 'checkpoints' / 'checkpoint-12'}" in out
     assert_finished_like_reference(run_dir)
+
+
+def test_read_only_checkpoint_folder_is_one_line(tmp_path, mount_tmpfs):
+    """checkpoints/ on a read-only file system: the first checkpoint fails with one error naming it (in-process:
+    a `CheckpointWriteError` is a `POError`, which the CLI prints as one line)."""
+    run_dir = tmp_path / "run"
+    ckpts = run_dir / "checkpoints"
+    mount_tmpfs(ckpts, "1m")
+    subprocess.run(["mount", "-o", "remount,ro", str(ckpts)], check=True)
+    with pytest.raises(CheckpointWriteError) as err:
+        run_train(run_dir, JOB + SAVE_EVERY_3)
+    message = str(err.value)
+    assert "\n" not in message and f"step 3 to {ckpts / 'checkpoint-3'}: Read-only file system" in message
+    assert "no earlier checkpoint exists" in message and "Make it writable" in message
+    assert not (run_dir / "summary.json").exists()
