@@ -25,6 +25,7 @@ from po.config import build_loss, trainer_kwargs, validate
 from po.data import load_preference_data
 from po.distributed import deepspeed_cpu_state, is_main_process, world_size
 from po.extras import needs_extras
+from po.jobfiles import HydraJobFiles, close_job_log, write_job_files
 from po.models import count_parameters, load_policy, load_reference, load_tokenizer
 from po.packing import choose_collator
 from po.peft import apply_peft, export_model, quantization_kwargs
@@ -32,7 +33,6 @@ from po.provenance import git_commit, package_versions
 from po.refcache import KeyedCollator, reference_from_cache
 from po.reference import AdapterReference, FrozenModelReference, resolve_strategy
 from po.reliable import ReliabilitySettings
-from po.jobfiles import HydraJobFiles, close_job_log, write_job_files
 from po.rundir import RunStart, eval_before_from_metrics, prepare_run_dir, record_fingerprint
 from po.runlock import claim_run_dir, refuse_finished
 from po.trainer import PreferenceTrainer
