@@ -1,11 +1,13 @@
-"""Run directories are never overwritten by accident, and resume refuses data that changed since the run began."""
+"""Run directories are never overwritten by accident, a finished run is never touched, and resume refuses data that
+changed since the run began (every source: files, folders, mixture entries, hub revisions)."""
 
 import json
 import shutil
 
 import pytest
 from conftest import compose_cfg, read_metrics, run_train
-from fault_helpers import JOB, SAVE_EVERY_3, assert_one_line_error, finished_run, reference_run, run, tree
+from fault_helpers import (JOB, SAVE_EVERY_3, assert_one_line_error, crashed_copy, finished_run, reference_run, run,
+                           tree)
 
 from po.data.toy import TOY_PATH
 from po.errors import ConfigError, POError
@@ -113,3 +115,11 @@ def test_hub_datasets_are_fingerprinted_by_their_cached_revision(tmp_path, monke
     (repo / "refs" / "main").write_text("b" * 40)
     with pytest.raises(POError, match=f"dataset org/prefs is now at revision {'b' * 40} .* started on revision"):
         check_fingerprint(run_dir, OmegaConf.create(OmegaConf.to_container(cfg)))
+
+
+def test_checkpoint_past_max_steps_is_refused(tmp_path):
+    """A checkpoint beyond trainer.max_steps would give a model trained for more steps than asked."""
+    run_dir = crashed_copy(tmp_path / "run")
+    with pytest.raises(ConfigError, match="checkpoint-12 is at step 12, past trainer.max_steps=9"):
+        run_train(run_dir, JOB + SAVE_EVERY_3 + ["trainer.max_steps=9"])
+    assert not (run_dir / "summary.json").exists()
