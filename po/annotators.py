@@ -8,9 +8,11 @@ mean reliability), tells the weighting how many annotators there are, and saves 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
+
 from omegaconf import DictConfig, open_dict
+
+from po.atomic import write_json_atomic
 
 UNSEEN = -1
 MAP_FILE = "annotators.json"
@@ -33,5 +35,4 @@ def configure_weighting(cfg: DictConfig, mapping: dict[str, int] | None, run_dir
         cfg.weighting.num_annotators = len(mapping)
         cfg.weighting.annotator_names = list(mapping)
     if run_dir is not None:
-        Path(run_dir).mkdir(parents=True, exist_ok=True)
-        (Path(run_dir) / MAP_FILE).write_text(json.dumps(mapping, indent=2))
+        write_json_atomic(Path(run_dir) / MAP_FILE, mapping)

@@ -19,10 +19,14 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from po.atomic import write_text_atomic
 from po.config import conf_dir
+from po.distributed import is_main_process
 from po.errors import POError
+from po.jobfiles import snapshot_job_files, write_job_configs
 from po.launch import prepare_submitit_job, requeue_if_preempted
 from po.preemption import TrainingPreempted
+from po.runlock import RunDirRefused
 
 log = logging.getLogger("po")
 
@@ -33,25 +37,27 @@ def _main(cfg: DictConfig) -> float | None:
 
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
-    prepare_submitit_job(run_dir)  # sweeps on submitit: ranks from its task layout
+    job_files = snapshot_job_files(cfg)  # Hydra's .hydra/ files: po writes them once the run dir is claimed
+    prepare_submitit_job()  # sweeps on submitit: ranks from its task layout
     try:
-        summary = train(cfg, run_dir)
+        summary = train(cfg, run_dir, job_files)
     except TrainingPreempted as exc:  # a checkpoint is saved: exit 0 so a requeued job resumes from it
         print(f"po-train: preempted: {exc}", file=sys.stderr)
+        requeue_if_preempted(run_dir)  # a sweep point on Slurm stopped by a preemption resumes after requeue
         if hydra_cfg.mode == RunMode.MULTIRUN:
             return None
         sys.exit(0)
     except Exception as exc:
-        if hydra_cfg.mode == RunMode.MULTIRUN:  # leave the reason where po-report finds it, then let Hydra
-            run_dir.mkdir(parents=True, exist_ok=True)  # record the failure and go on with the other runs
-            (run_dir / "error.txt").write_text(f"{type(exc).__name__}: {exc}\n")
+        if hydra_cfg.mode == RunMode.MULTIRUN:  # leave the reason where po-report finds it (with .hydra/), then
+            # let Hydra record the failure and go on with the other runs; a refused start leaves the dir untouched
+            if not isinstance(exc, RunDirRefused) and is_main_process():
+                write_job_configs(run_dir, job_files)
+                write_text_atomic(run_dir / "error.txt", f"{type(exc).__name__}: {exc}\n")
             raise
         if not isinstance(exc, POError):
             raise
         print(f"po-train: error: {exc}", file=sys.stderr)
         sys.exit(2)
-    finally:
-        requeue_if_preempted(run_dir)  # a sweep point on Slurm stopped by a preemption resumes after requeue
     return summary["eval"].get("eval_loss")
 
 

@@ -6,18 +6,27 @@ differ between ranks: under a multi-process launch `hydra.run.dir` must be pinne
 
 On a machine without CUDA, `accelerate` never starts DeepSpeed (it sees no GPU backend), so `deepspeed_cpu_state`
 starts the process group itself (DeepSpeed's CPU accelerator, gloo) and tells `TrainingArguments` to use it.
+
+Decisions that touch the file system are taken by global rank 0 alone and sent to the others (`run_on_main`): the
+run directory's lock and what a start does with it, and the temporary folder the final model is written into
+(`staged_dir_for_all_ranks`), so ranks never act on a file system another rank is changing.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
-from typing import Any, Sequence
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence, TypeVar
 
 from omegaconf import DictConfig
 
-from po.errors import ConfigError
+from po.atomic import staged_dir
+from po.errors import ConfigError, POError
+
+T = TypeVar("T")
 
 
 def world_size() -> int:
@@ -93,3 +102,88 @@ def deepspeed_cpu_state(cfg: DictConfig) -> dict[str, Any]:
     finally:
         del os.environ["ACCELERATE_USE_DEEPSPEED"]
     return {"accelerator_config": {"use_configured_state": True}}
+
+
+def _process_group_size() -> int:
+    """Ranks in the started process group (1 without one). A multi-process launch must have started it."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size()
+    if world_size() > 1:
+        raise RuntimeError("a multi-process launch without a torch.distributed process group: build the "
+                           "TrainingArguments (po.train.training_arguments) first; it starts the group")
+    return 1
+
+
+def share_from_main(value: Any) -> Any:
+    """Rank 0's `value` on every rank (a pickled broadcast; other ranks pass anything, e.g. None)."""
+    if _process_group_size() == 1:
+        return value
+    import torch.distributed as dist
+
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def all_ranks_ok(ok: bool) -> bool:
+    """True on every rank when `ok` is true on every rank."""
+    if _process_group_size() == 1:
+        return ok
+    import torch.distributed as dist
+
+    flags: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(flags, ok)
+    return all(flags)
+
+
+def run_on_main(fn: Callable[[], T]) -> T:
+    """Call `fn` on global rank 0 only; every rank returns its result, or raises its error.
+
+    The other ranks wait in a broadcast (bounded by the process group's timeout), so a refusal on rank 0 ends every
+    rank with the same one-line error instead of leaving them waiting at the next collective.
+    """
+    if _process_group_size() == 1:
+        return fn()
+    outcome: tuple[str, Any, bool] | None = None
+    error: Exception | None = None
+    if is_main_process():
+        try:
+            outcome = ("ok", fn(), False)
+        except Exception as exc:  # noqa: BLE001 - sent to the other ranks, then raised here unchanged
+            error = exc
+            outcome = ("error", str(exc), isinstance(exc, POError))
+    outcome = share_from_main(outcome)
+    if outcome[0] == "ok":
+        return outcome[1]
+    if error is not None:
+        raise error
+    if outcome[2]:
+        raise POError(outcome[1])
+    raise RuntimeError(f"rank 0 failed: {outcome[1]}")
+
+
+@contextlib.contextmanager
+def staged_dir_for_all_ranks(final: str | os.PathLike) -> Iterator[Path]:
+    """`po.atomic.staged_dir(final)` owned by rank 0, with its temporary path given to every rank.
+
+    Every rank may write into it (a ZeRO-3 save gathers on all ranks; DeepSpeed checkpoints are written by each).
+    The ranks then agree that all writes succeeded before rank 0 renames it into place; when any rank failed, every
+    rank raises (the failing one its own one-line error) and the temporary folder is removed.
+    """
+    if _process_group_size() == 1:
+        with staged_dir(final) as staged:
+            yield staged
+        return
+    with staged_dir(final) if is_main_process() else contextlib.nullcontext() as mine:
+        staged = Path(share_from_main(str(mine) if mine is not None else None))
+        error: BaseException | None = None
+        try:
+            yield staged
+        except BaseException as exc:  # noqa: BLE001 - every rank must learn about it before anyone goes on
+            error = exc
+        if not all_ranks_ok(error is None):
+            if error is not None:
+                raise error
+            raise POError(f"could not write {final}: another rank failed while writing it (see its error)")

@@ -17,6 +17,7 @@ from typing import Any, Callable
 import torch
 
 from losses.base import PairBatch, masked_sum
+from po.atomic import write_text_atomic
 
 
 def loss_independent_metrics(batch: PairBatch) -> dict[str, torch.Tensor]:
@@ -92,13 +93,12 @@ def generation_eval(policy, reference: Callable | None, tokenizer, prompts: list
     finally:
         torch.random.set_rng_state(generator_state)
         policy.train(was_training)
-    with open(out_path, "w") as f:
-        for rec in records:
-            f.write(json.dumps({"prompt": tokenizer.decode(rec["prompt_ids"]),
-                                "response": tokenizer.decode(rec["response_ids"], skip_special_tokens=True),
-                                "length": len(rec["response_ids"]),
-                                **{k: rec[k] for k in ("logp_policy", "logp_reference", "kl_estimate") if k in rec}})
-                    + "\n")
+    write_text_atomic(out_path, "".join(
+        json.dumps({"prompt": tokenizer.decode(rec["prompt_ids"]),
+                    "response": tokenizer.decode(rec["response_ids"], skip_special_tokens=True),
+                    "length": len(rec["response_ids"]),
+                    **{k: rec[k] for k in ("logp_policy", "logp_reference", "kl_estimate") if k in rec}}) + "\n"
+        for rec in records))
     lengths = [len(r["response_ids"]) for r in records]
     result = {"gen/length_mean": sum(lengths) / max(len(lengths), 1), "gen/length_p95": percentile(lengths, 0.95),
               "gen/num_prompts": len(records)}

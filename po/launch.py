@@ -28,8 +28,11 @@ def submitit_executor() -> str | None:
     return os.environ.get("SUBMITIT_EXECUTOR")
 
 
-def prepare_submitit_job(run_dir: Path) -> None:
-    """Export torch.distributed's variables for a multi-task submitit job; drop a stale preemption marker."""
+def prepare_submitit_job() -> None:
+    """Export torch.distributed's variables for a multi-task submitit job.
+
+    It writes nothing: the run directory is only changed once it is claimed (a stale PREEMPTED marker is removed
+    by the resume, po.rundir), and `requeue_if_preempted` is called only for a preemption of this very start."""
     if submitit_executor() is None:
         return
     import submitit
@@ -41,8 +44,6 @@ def prepare_submitit_job(run_dir: Path) -> None:
         dist = TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
         log.info("submitit task %d of %d (rendezvous %s:%d)", dist.rank, dist.world_size, dist.master_addr,
                  dist.master_port)
-    if job.global_rank == 0:
-        (Path(run_dir) / MARKER).unlink(missing_ok=True)  # from an earlier start of this point
 
 
 def requeue_if_preempted(run_dir: Path) -> None:

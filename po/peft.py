@@ -102,12 +102,36 @@ def is_peft_model(model: torch.nn.Module) -> bool:
     return isinstance(model, PeftModel)
 
 
-def export_model(trainer, cfg: DictConfig, out_dir: Path) -> dict[str, str]:
-    """Save the final model into `out_dir` (every rank calls it); return facts for the summary.
+def export_model(trainer, cfg: DictConfig, out_dir: Path, tokenizer=None) -> dict[str, str]:
+    """Save the final model (and `tokenizer`) into `out_dir`, whole or not at all; return facts for the summary.
 
+    Every rank calls it. The files are written into a temporary folder beside `out_dir`, which replaces `out_dir`
+    only once every rank's writes succeeded (`staged_dir_for_all_ranks`): a kill leaves no half-written model,
+    and a full disk or a read-only folder is one line naming `out_dir`, with the temporary folder removed.
     Full fine-tuning and unmerged PEFT go through `trainer.save_model` (it gathers ZeRO-3 shards). With
     `model.merge_lora_on_save=true` the adapters are merged into the base weights and a plain model is saved.
     """
+    from po.distributed import staged_dir_for_all_ranks
+    from po.reliable import io_failure
+
+    out_dir = Path(out_dir)
+    with staged_dir_for_all_ranks(out_dir) as staged:
+        try:
+            facts = _save_model(trainer, cfg, staged)
+            if tokenizer is not None and trainer.is_world_process_zero():
+                tokenizer.save_pretrained(str(staged))
+        except Exception as exc:
+            failure = io_failure(out_dir, exc)
+            if failure is None:
+                raise
+            raise failure from exc
+    if facts.get("model_format") == "peft adapter":
+        facts["load_with"] = (f"peft.AutoPeftModelForCausalLM.from_pretrained('{out_dir}') "
+                              "(or merge: .merge_and_unload())")
+    return facts
+
+
+def _save_model(trainer, cfg: DictConfig, out_dir: Path) -> dict[str, str]:
     from po.trainer import save_loss_state
 
     model = trainer.accelerator.unwrap_model(trainer.model)
@@ -122,6 +146,4 @@ def export_model(trainer, cfg: DictConfig, out_dir: Path) -> dict[str, str]:
         trainer.accelerator.wait_for_everyone()
         return {"model_format": "hf (LoRA merged)"}
     trainer.save_model(str(out_dir))
-    return {"model_format": "peft adapter",
-            "load_with": f"peft.AutoPeftModelForCausalLM.from_pretrained('{out_dir}') "
-                         "(or merge: .merge_and_unload())"}
+    return {"model_format": "peft adapter"}

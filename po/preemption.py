@@ -16,6 +16,8 @@ import torch
 import torch.distributed as dist
 from transformers import TrainerCallback
 
+from po.atomic import write_text_atomic
+
 MARKER = "PREEMPTED"
 SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
@@ -79,4 +81,4 @@ class PreemptionCallback(TrainerCallback):
 
 
 def write_marker(run_dir: Path, signal_name: str, step: int) -> None:
-    (Path(run_dir) / MARKER).write_text(f"signal: {signal_name}\nstep: {step}\n")
+    write_text_atomic(Path(run_dir) / MARKER, f"signal: {signal_name}\nstep: {step}\n")

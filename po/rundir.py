@@ -1,14 +1,22 @@
 """Decide what a start does with its run directory: start fresh, resume, or refuse. Runs before any model loads.
 
+- A finished run (summary.json) is never changed: every start is refused unless `trainer.overwrite=true`
+  (`po.runlock.refuse_finished`, checked before anything is written).
 - `trainer.resume=auto` (default): resume from the newest intact checkpoint of RUN_DIR/checkpoints; with none,
-  start fresh, except when the folder holds a finished run (summary.json), which is never overwritten.
+  start fresh.
 - `trainer.resume=never`: start fresh; a folder that already holds a run is refused.
 - `trainer.resume=PATH`: resume from that checkpoint folder.
 - `trainer.overwrite=true`: delete the previous run's outputs and start fresh.
 
-On resume, `metrics.jsonl` is cut back to the checkpoint's step (no duplicated steps), the data fingerprint stored
-at the first start must match (the checkpoint's data order and position mean nothing on other data), and the
-`PREEMPTED` marker is removed. Only the main process (RANK 0) changes files; every rank takes the same decision.
+Trust: a checkpoint holds pickles (optimizer, scheduler, RNG and DeepSpeed states) and unpickling can run any code.
+A start therefore resumes only from checkpoints this run directory wrote itself: each checkpoint's manifest carries
+the run id that the first start stored in RUN_DIR/run_id. Any other checkpoint (`trainer.resume=PATH` elsewhere, or
+one copied into RUN_DIR/checkpoints) needs `trainer.trust_checkpoint=true`.
+
+On resume, `metrics.jsonl` is cut back to what was logged up to the checkpoint (no duplicated steps), the data
+fingerprint stored at the first start must match (the checkpoint's data order and position mean nothing on other
+data), and the `PREEMPTED` marker is removed. `prepare_run_dir` runs on global rank 0 only, while it holds the run
+directory's lock (`po.runlock.claim_run_dir`); the other ranks receive its `RunStart`.
 """
 
 from __future__ import annotations
@@ -16,55 +24,105 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import shutil
+import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
 from po import checkpoints
-from po.distributed import is_main_process
+from po.atomic import remove_stale_temporaries, write_json_atomic, write_text_atomic
 from po.errors import ConfigError, POError
 from po.guard import REPORT
 from po.preemption import MARKER
+from po.runlock import refuse_finished
 
 log = logging.getLogger(__name__)
 
 FINGERPRINT = "data_fingerprint.json"
-OUTPUTS = ("checkpoints", "metrics.jsonl", "summary.json", "model", MARKER, FINGERPRINT, REPORT)
+RUN_ID = "run_id"   # a random id stored at the first start; every checkpoint's manifest carries it
+# A previous run's outputs: removed by trainer.overwrite=true, or when a run that died before its first checkpoint
+# starts over. (The lock file is never removed: see po.runlock.)
+OUTPUTS = ("checkpoints", "metrics.jsonl", "summary.json", "model", MARKER, FINGERPRINT, REPORT, RUN_ID,
+           "generations.jsonl", "annotators.json", "resolved_config.yaml", "error.txt")
+
+
+@dataclass(frozen=True)
+class RunStart:
+    """What `prepare_run_dir` decided (sent from rank 0 to every rank)."""
+
+    resume: str | None          # the checkpoint to resume from, or None for a fresh start
+    run_id: str                 # this run's id, written into every checkpoint's manifest
+    record_fingerprint: bool    # no data fingerprint stored yet: store it once the data is loaded
+    replaced: bool = False      # trainer.overwrite=true removed a previous run
+
+
+def hub_revision(dataset_id: str) -> str:
+    """The commit of the local Hugging Face cache's snapshot of `dataset_id`, found without network."""
+    try:
+        from huggingface_hub import snapshot_download
+
+        folder = snapshot_download(repo_id=dataset_id, repo_type="dataset", local_files_only=True)
+    except Exception as exc:  # noqa: BLE001 - not cached, not a valid id: recorded as such
+        return f"unresolved: no snapshot in the local Hugging Face cache ({type(exc).__name__})"
+    return Path(folder).name
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def data_fingerprint(data_cfg: DictConfig) -> dict:
-    """sha256 of every local data file the `data` group reads, plus a hash of the group's settings.
+    """What the `data` group reads, so that a resume can tell whether it changed.
 
-    Hub datasets (`data.path` that is no local file) are recorded by name only: their content is not checked.
+    Sources: `data.path` and `data.eval_path`, or the `path` and `eval_path` of every `data.mixture` entry.
+    - files: sha256 of every local data file (for a folder, every data file under it), by resolved path;
+    - hub: for each Hugging Face dataset id, the revision (commit) of its snapshot in the local cache, or
+      "unresolved: ..." when there is none (then its content cannot be checked);
+    - settings: sha256 of the group's settings (mixture weights and options included).
     """
+    from po.data.options import sources_of
     from po.data.sources import BUILTIN, SUFFIXES
 
-    files = {}
-    for key in ("path", "eval_path"):
-        value = data_cfg.get(key)
-        if not value:
-            continue
-        value = str(BUILTIN[value]()) if value in BUILTIN else value
-        local = Path(value).expanduser()
-        found = sorted(p for p in local.rglob("*") if p.suffix in SUFFIXES) if local.is_dir() else [local]
-        for path in found:
-            if path.is_file():
-                digest = hashlib.sha256()
-                with open(path, "rb") as f:
-                    for block in iter(lambda: f.read(1 << 20), b""):
-                        digest.update(block)
-                files[str(path.resolve())] = digest.hexdigest()
+    files, hub = {}, {}
+    for source in sources_of(data_cfg):
+        for value in (source.path, source.eval_path):
+            if not value or value == "None":
+                continue
+            value = str(BUILTIN[value]()) if value in BUILTIN else value
+            local = Path(value).expanduser()
+            if local.is_dir():
+                found = sorted(p for p in local.rglob("*") if p.suffix in SUFFIXES and p.is_file())
+            elif local.is_file():
+                found = [local]
+            elif local.suffix in SUFFIXES or value.startswith((".", "/", "~")):
+                continue  # a missing local file: loading the data reports it
+            else:
+                hub[value] = hub_revision(value)
+                continue
+            for path in found:
+                files[str(path.resolve())] = _sha256(path)
     settings = json.dumps(OmegaConf.to_container(data_cfg, resolve=True), sort_keys=True, default=str)
-    return {"files": files, "settings": hashlib.sha256(settings.encode()).hexdigest()}
+    return {"files": files, "hub": hub, "settings": hashlib.sha256(settings.encode()).hexdigest()}
 
 
-def check_fingerprint(run_dir: Path, current: dict) -> None:
+def record_fingerprint(run_dir: Path, data_cfg: DictConfig) -> None:
+    """Store the data fingerprint (after the data is loaded, so that hub datasets are in the local cache)."""
+    write_json_atomic(Path(run_dir) / FINGERPRINT, data_fingerprint(data_cfg), indent=1)
+
+
+def check_fingerprint(run_dir: Path, data_cfg: DictConfig) -> None:
+    """Refuse (one line naming the file or dataset) when the data differs from what this run started with."""
     stored_path = run_dir / FINGERPRINT
     if not stored_path.is_file():
         return
     stored = json.loads(stored_path.read_text())
+    current = data_fingerprint(data_cfg)
     advice = ("resuming would continue a data order and position that no longer exist. Restore the original data, "
               "or start a new run (a new hydra.run.dir, or trainer.overwrite=true)")
     for path, digest in stored["files"].items():
@@ -74,26 +132,38 @@ def check_fingerprint(run_dir: Path, current: dict) -> None:
     extra = sorted(set(current["files"]) - set(stored["files"]))
     if extra:
         raise POError(f"data file {extra[0]} was not part of this run when it started ({stored_path}); {advice}")
+    for dataset, revision in stored.get("hub", {}).items():
+        now = current["hub"].get(dataset, "not a data source any more")
+        if revision.startswith("unresolved"):
+            log.warning("Hugging Face dataset %s: its revision was not known when this run started (%s), so its "
+                        "content cannot be checked now", dataset, revision)
+        elif now != revision:
+            raise POError(f"Hugging Face dataset {dataset} is now at revision {now} in the local cache; this run "
+                          f"started on revision {revision} ({stored_path}); {advice}")
     if stored["settings"] != current["settings"]:
         raise POError(f"the data settings (data.*) differ from those this run started with ({stored_path}); {advice}")
 
 
-def truncate_log(path: Path, step: int) -> None:
+def truncate_log(path: Path, step: int, keep_at_step: int | None = None) -> None:
     """Keep the records of `path` (JSON lines) up to `step`; drop the interrupted run's end-of-training record
-    and any line a kill cut in half."""
+    and any line a kill cut in half. `keep_at_step`: keep only the first N records logged at `step` itself (those
+    logged before its checkpoint was saved; a final evaluation logged later at the same step is dropped)."""
     if not path.is_file():
         return
-    kept = []
+    kept, at_step = [], 0
     for line in path.read_text().splitlines():
         try:
             record = json.loads(line)
         except ValueError:
             continue
-        if record.get("step", 0) <= step and "train_runtime" not in record:
-            kept.append(line)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(line + "\n" for line in kept))
-    os.replace(tmp, path)
+        if record.get("step", 0) > step or "train_runtime" in record:
+            continue
+        if record.get("step", 0) == step:
+            at_step += 1
+            if keep_at_step is not None and at_step > keep_at_step:
+                continue
+        kept.append(line)
+    write_text_atomic(path, "".join(line + "\n" for line in kept))
 
 
 def eval_before_from_metrics(run_dir: Path) -> dict:
@@ -110,7 +180,7 @@ def eval_before_from_metrics(run_dir: Path) -> dict:
 
 
 def previous_outputs(run_dir: Path) -> list[str]:
-    """What a previous run left in `run_dir` (Hydra's own .hydra/ and log files do not count)."""
+    """What a previous run left in `run_dir` (Hydra's .hydra/ and log files and po's lock file do not count)."""
     found = []
     ckpt = run_dir / "checkpoints"
     if ckpt.is_dir() and any(ckpt.iterdir()):
@@ -121,58 +191,109 @@ def previous_outputs(run_dir: Path) -> list[str]:
     return found
 
 
-def _start_fresh(run_dir: Path, fingerprint: dict, clear: bool) -> None:
-    if not is_main_process():
-        return
+def read_run_id(run_dir: Path) -> str | None:
+    try:
+        return (Path(run_dir) / RUN_ID).read_text().strip() or None
+    except OSError:
+        return None
+
+
+def _new_run_id(run_dir: Path) -> str:
+    run_id = uuid.uuid4().hex
+    write_text_atomic(run_dir / RUN_ID, run_id + "\n")
+    return run_id
+
+
+def _clear(run_dir: Path, names: tuple[str, ...]) -> None:
+    for name in names:
+        target = run_dir / name
+        if target.is_dir():
+            shutil.rmtree(target)
+        elif target.exists():
+            target.unlink()
+
+
+def _start_fresh(run_dir: Path, clear: bool, replaced: bool = False) -> RunStart:
     if clear:
-        for name in OUTPUTS:
-            target = run_dir / name
-            if target.is_dir():
-                shutil.rmtree(target)
-            elif target.exists():
-                target.unlink()
-    (run_dir / FINGERPRINT).write_text(json.dumps(fingerprint, indent=1))
+        _clear(run_dir, OUTPUTS + ((".hydra",) if replaced else ()))
+    return RunStart(resume=None, run_id=_new_run_id(run_dir), record_fingerprint=True, replaced=replaced)
 
 
-def _resume_from(run_dir: Path, checkpoint: Path, fingerprint: dict) -> str:
-    check_fingerprint(run_dir, fingerprint)
+def _logged_at(checkpoint: Path, step: int) -> int | None:
+    """How many records the Trainer had logged at `step` when it saved `checkpoint` (None when unknown)."""
+    try:
+        history = json.loads((checkpoint / "trainer_state.json").read_text())["log_history"]
+    except (OSError, ValueError, KeyError):
+        return None
+    return sum(1 for entry in history if entry.get("step") == step)
+
+
+def require_trust(checkpoint: Path, run_dir: Path, trust: bool, how: str) -> None:
+    """Refuse a checkpoint this run directory did not write, unless `trainer.trust_checkpoint=true`."""
+    own_folder = checkpoint.resolve().parent == (run_dir / "checkpoints").resolve()
+    run_id = read_run_id(run_dir)
+    manifest = checkpoints.read_manifest(checkpoint) or {}
+    if own_folder and run_id is not None and manifest.get("run_id") == run_id:
+        return
+    if trust:
+        log.warning("resuming from %s, which this run directory did not write (trainer.trust_checkpoint=true)",
+                    checkpoint)
+        return
+    reason = ("it is outside this run directory" if not own_folder else
+              "its manifest does not carry this run's id: it was copied here from another run, or written by an "
+              "older po")
+    raise ConfigError(
+        f"{how}: checkpoint {checkpoint} was not written by this run directory ({reason}). Its optimizer, scheduler, "
+        "RNG and DeepSpeed states are Python pickles, and loading a pickle can run any code: if you trust where it "
+        "came from, run again with trainer.trust_checkpoint=true")
+
+
+def _resume_from(cfg: DictConfig, run_dir: Path, checkpoint: Path) -> RunStart:
+    check_fingerprint(run_dir, cfg.data)
     step = checkpoints.step_of(checkpoint)
     if step is None:
         state = json.loads((checkpoint / "trainer_state.json").read_text())
         step = int(state["global_step"])
-    if is_main_process():
-        if checkpoint.parent.resolve() == (run_dir / "checkpoints").resolve():
-            for moved in checkpoints.set_aside_newer(checkpoint.parent, step):
-                log.warning("set aside %s: it is newer than the checkpoint this run resumes from", moved)
-        for name in ("metrics.jsonl", REPORT):
-            truncate_log(run_dir / name, step)
-        (run_dir / MARKER).unlink(missing_ok=True)
-        if not (run_dir / FINGERPRINT).is_file():
-            (run_dir / FINGERPRINT).write_text(json.dumps(fingerprint, indent=1))
+    max_steps = cfg.trainer.get("max_steps", -1)
+    if isinstance(max_steps, int) and 0 < max_steps < step:
+        raise ConfigError(
+            f"checkpoint {checkpoint} is at step {step}, past trainer.max_steps={max_steps}: resuming it would give a "
+            f"model trained for more steps than asked; set trainer.max_steps>={step}, or resume an earlier checkpoint "
+            "with trainer.resume=PATH")
+    if checkpoint.parent.resolve() == (run_dir / "checkpoints").resolve():
+        for moved in checkpoints.set_aside_newer(checkpoint.parent, step):
+            log.warning("set aside %s: it is newer than the checkpoint this run resumes from", moved)
+    truncate_log(run_dir / "metrics.jsonl", step, _logged_at(checkpoint, step))
+    truncate_log(run_dir / REPORT, step)
+    (run_dir / MARKER).unlink(missing_ok=True)
+    run_id = read_run_id(run_dir) or _new_run_id(run_dir)
     log.info("resuming from %s (step %d)", checkpoint, step)
-    return str(checkpoint)
+    return RunStart(resume=str(checkpoint), run_id=run_id, record_fingerprint=not (run_dir / FINGERPRINT).is_file())
 
 
-def prepare_run_dir(cfg: DictConfig, run_dir: Path) -> str | None:
-    """Apply `trainer.resume` / `trainer.overwrite` to `run_dir`; return the checkpoint to resume from, or None."""
+def prepare_run_dir(cfg: DictConfig, run_dir: Path) -> RunStart:
+    """Apply `trainer.resume`, `trainer.overwrite` and `trainer.trust_checkpoint` to `run_dir` (global rank 0, with
+    the run directory locked); return what the start does."""
     run_dir = Path(run_dir)
-    resume = str(cfg.trainer.get("resume", "auto"))
-    overwrite = bool(cfg.trainer.get("overwrite", False))
-    fingerprint = data_fingerprint(cfg.data)
+    trainer_cfg = cfg.trainer
+    resume = str(trainer_cfg.get("resume", "auto"))
+    overwrite = trainer_cfg.get("overwrite", False) is True
+    trust = trainer_cfg.get("trust_checkpoint", False) is True
+    refuse_finished(run_dir, overwrite)
+    for leftover in remove_stale_temporaries(run_dir):
+        log.warning("removed %s, left by a process stopped while writing it", leftover)
     output_dir = run_dir / "checkpoints"
     existing = previous_outputs(run_dir)
     if overwrite:
         if existing:
             log.warning("trainer.overwrite=true: deleting the previous run's %s in %s", ", ".join(existing), run_dir)
-        _start_fresh(run_dir, fingerprint, clear=True)
-        return None
+        return _start_fresh(run_dir, clear=True, replaced=True)
     if resume == "never":
         if existing:
             raise ConfigError(
                 f"run directory {run_dir} already holds a run ({', '.join(existing)}); choose a new hydra.run.dir, "
                 "continue it with trainer.resume=auto, or replace it with trainer.overwrite=true")
-        _start_fresh(run_dir, fingerprint, clear=False)
-        return None
+        return _start_fresh(run_dir, clear=False)
     if resume != "auto":
         checkpoint = Path(resume).expanduser()
         if not (checkpoint / "trainer_state.json").is_file():
@@ -184,24 +305,21 @@ def prepare_run_dir(cfg: DictConfig, run_dir: Path) -> str | None:
             if problem:
                 raise POError(f"trainer.resume={resume}: this checkpoint is damaged: {problem}; "
                               "pick another checkpoint or use trainer.resume=auto")
-        return _resume_from(run_dir, checkpoint, fingerprint)
-    if is_main_process():
-        checkpoints.remove_incomplete(output_dir)
+        require_trust(checkpoint, run_dir, trust, f"trainer.resume={resume}")
+        return _resume_from(cfg, run_dir, checkpoint)
     checkpoint, skipped = checkpoints.newest_complete(output_dir)
     for reason in skipped:
         log.warning("ignoring checkpoint %s", reason)
     if checkpoint is not None:
-        return _resume_from(run_dir, checkpoint, fingerprint)
+        require_trust(checkpoint, run_dir, trust, "trainer.resume=auto")
+        checkpoints.remove_incomplete(output_dir)
+        return _resume_from(cfg, run_dir, checkpoint)
+    checkpoints.remove_incomplete(output_dir)
     if skipped:
         raise POError(f"no intact checkpoint in {output_dir} ({'; '.join(skipped)}); resume from a specific one "
                       "with trainer.resume=PATH, or start over with trainer.overwrite=true")
-    if (run_dir / "summary.json").is_file():
-        raise ConfigError(
-            f"run directory {run_dir} holds a finished run (summary.json) and no checkpoint to resume; choose a new "
-            "hydra.run.dir, or replace it with trainer.overwrite=true")
     if existing:
-        check_fingerprint(run_dir, fingerprint)
+        check_fingerprint(run_dir, cfg.data)
         log.warning("run directory %s has outputs (%s) but no checkpoint: the previous attempt stopped before its "
                     "first checkpoint; starting over", run_dir, ", ".join(existing))
-    _start_fresh(run_dir, fingerprint, clear=bool(existing))
-    return None
+    return _start_fresh(run_dir, clear=bool(existing))

@@ -1,13 +1,16 @@
-"""One training run from a composed config: validate, load, train, evaluate, save, summarize.
+"""One training run from a composed config: validate, claim the run directory, load, train, evaluate, save, summarize.
 
-`po.cli` calls `train(cfg, run_dir)` with Hydra's run directory; tests call it directly.
+`po.cli` calls `train(cfg, run_dir, job_files)` with Hydra's run directory; tests call `train(cfg, run_dir)`.
+The order is what docs/reliability.md promises: nothing is written before the run directory is claimed (a finished
+run is refused first, then the lock is taken); a resume from a checkpoint at `max_steps` trains no step; every file
+written at the end is written atomically, and `summary.json`, the mark of a finished run, is written last.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -16,11 +19,13 @@ from omegaconf import DictConfig, OmegaConf
 from transformers import TrainingArguments, set_seed
 
 from po.annotators import configure_weighting, use_annotator_column
+from po.atomic import write_json_atomic, write_text_atomic
 from po.callbacks import MetricsJsonl
 from po.config import build_loss, trainer_kwargs, validate
 from po.data import load_preference_data
 from po.distributed import deepspeed_cpu_state, is_main_process, world_size
 from po.extras import needs_extras
+from po.jobfiles import HydraJobFiles, close_job_log, write_job_files
 from po.models import count_parameters, load_policy, load_reference, load_tokenizer
 from po.packing import choose_collator
 from po.peft import apply_peft, export_model, quantization_kwargs
@@ -28,7 +33,8 @@ from po.provenance import git_commit, package_versions
 from po.refcache import KeyedCollator, reference_from_cache
 from po.reference import AdapterReference, FrozenModelReference, resolve_strategy
 from po.reliable import ReliabilitySettings
-from po.rundir import eval_before_from_metrics, prepare_run_dir
+from po.rundir import RunStart, eval_before_from_metrics, prepare_run_dir, record_fingerprint
+from po.runlock import claim_run_dir, refuse_finished
 from po.trainer import PreferenceTrainer
 from po.validation import check_trains
 from po.zero import evaluate_at_train_begin, prepare_reference
@@ -100,39 +106,61 @@ def build_trainer(cfg: DictConfig, run_dir: Path) -> tuple[PreferenceTrainer, An
     return trainer, tokenizer, facts
 
 
-def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
-    """Run the configured job into `run_dir`; return (and write) the summary."""
+def train(cfg: DictConfig, run_dir: Path, job_files: HydraJobFiles | None = None) -> dict[str, Any]:
+    """Run the configured job into `run_dir`; return (and write) the summary.
+
+    `job_files`: Hydra's `.hydra/` files and job log, written once the run directory is claimed (`po.jobfiles`).
+    """
     use_annotator_column(cfg)
     validate(cfg)
     run_dir = Path(run_dir)
+    overwrite = cfg.trainer.get("overwrite", False) is True
+    refuse_finished(run_dir, overwrite)  # every rank, before anything is written
     run_dir.mkdir(parents=True, exist_ok=True)
-    resume = prepare_run_dir(cfg, run_dir)  # fresh, resume or refuse (trainer.resume / trainer.overwrite)
+    training_arguments(cfg, run_dir)  # starts the process group of a multi-process launch (rank 0 decides below)
+    with claim_run_dir(run_dir, overwrite, lambda: prepare_run_dir(cfg, run_dir)) as start:
+        job_log = None
+        if job_files is not None and is_main_process():
+            job_log = write_job_files(run_dir, job_files, fresh_log=start.replaced)
+        try:
+            return _run(cfg, run_dir, start)
+        finally:
+            close_job_log(job_log)
+
+
+def _run(cfg: DictConfig, run_dir: Path, start: RunStart) -> dict[str, Any]:
+    """Load, train (from `start.resume`), evaluate, export and summarize, in the claimed `run_dir`."""
     if is_main_process():
-        (run_dir / "resolved_config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        write_text_atomic(run_dir / "resolved_config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     trainer, tokenizer, facts = build_trainer(cfg, run_dir)
+    trainer.reliability = replace(trainer.reliability, run_id=start.run_id)
+    if start.record_fingerprint and is_main_process():
+        record_fingerprint(run_dir, cfg.data)  # after loading: hub datasets are in the local cache now
     has_eval = trainer.eval_dataset is not None
     before = {}
-    if resume is not None:  # evaluated at the first start: metrics.jsonl keeps it
+    if start.resume is not None:  # evaluated at the first start: metrics.jsonl keeps it
         before = eval_before_from_metrics(run_dir)
     elif has_eval and cfg.eval.before_training and trainer.is_deepspeed_enabled:
         before = evaluate_at_train_begin(trainer)  # filled once DeepSpeed's training engine exists
     elif has_eval and cfg.eval.before_training:
         before = trainer.evaluate()
-    start = time.perf_counter()
-    result = trainer.train(resume_from_checkpoint=resume)
-    wall = time.perf_counter() - start
+    began = time.perf_counter()
+    result = trainer.train(resume_from_checkpoint=start.resume)  # no step when the checkpoint is at max_steps
+    wall = time.perf_counter() - began
+    tokens = trainer.train_tokens()  # all ranks, before any rank-0-only write can fail
     after = trainer.evaluate() if has_eval else {}
     if has_eval and cfg.eval.generate:
         after.update(_generation(cfg, trainer, tokenizer, run_dir))
-    facts.update(export_model(trainer, cfg, run_dir / "model"))
+    facts.update(export_model(trainer, cfg, run_dir / "model", tokenizer))  # written whole or not at all
     summary = {
         "steps": trainer.state.global_step,
         "wall_time_s": round(wall, 2),
         "pairs_per_second": result.metrics.get("train_samples_per_second"),
-        "tokens_per_second": trainer.train_tokens() / max(wall, 1e-9),
+        "tokens_per_second": tokens / max(wall, 1e-9),
         "final_train_metrics": _last_train_log(trainer.state.log_history),
         "eval_before": before,
         "eval": after,
+        "resumed_from": start.resume,
         "seed": cfg.seed,
         "config": OmegaConf.to_container(cfg, resolve=True),
         "world_size": trainer.args.world_size,
@@ -141,8 +169,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         **facts,
     }
     if trainer.is_world_process_zero():
-        tokenizer.save_pretrained(str(run_dir / "model"))
-        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        write_json_atomic(run_dir / "summary.json", summary)  # last: from now on the run is finished
         print(format_summary(summary, run_dir))
     return summary
 

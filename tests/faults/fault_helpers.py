@@ -4,6 +4,7 @@ and the uninterrupted reference run every interrupted run is compared with."""
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import os
 import signal
@@ -90,14 +91,24 @@ def send(proc: subprocess.Popen, sig: signal.Signals) -> None:
     os.kill(proc.pid, sig)
 
 
+SAVE_EVERY_3 = ["trainer.save_strategy=steps", "trainer.save_steps=3"]
+
+
 @functools.cache
-def reference_losses() -> dict[int, float]:
-    """Per-step losses of the uninterrupted job (a subprocess, like the runs it is compared with)."""
+def reference_run() -> Path:
+    """The uninterrupted job, with checkpoints at steps 3, 6, 9 and 12, run through the CLI in a subprocess like
+    the runs it is compared with (saving checkpoints does not change what a run computes). Tests that change a run
+    directory work on a copy."""
     run_dir = Path(tempfile.mkdtemp(prefix="po-faults-ref-")) / "run"
     run_dir.parent.mkdir(exist_ok=True)
-    rc, out = run(run_dir)
+    rc, out = run(run_dir, SAVE_EVERY_3)
     assert rc == 0, out[-3000:]
-    return dict(loss_steps(run_dir))
+    return run_dir
+
+
+def reference_losses() -> dict[int, float]:
+    """Per-step losses of the uninterrupted job."""
+    return dict(loss_steps(reference_run()))
 
 
 def assert_same_losses(run_dir: Path) -> None:
@@ -111,7 +122,64 @@ def assert_same_losses(run_dir: Path) -> None:
         assert abs(loss - ref[step]) <= TOL, f"step {step}: loss {loss} != uninterrupted {ref[step]}"
 
 
-SAVE_EVERY_3 = ["trainer.save_strategy=steps", "trainer.save_steps=3"]
+
+def error_lines(out: str) -> list[str]:
+    return [line for line in out.splitlines() if line.startswith("po-train: error:")]
+
+
+def assert_one_line_error(rc: int, out: str, *needles: str) -> str:
+    """Exit code 2, exactly one `po-train: error:` line containing every needle, and no traceback."""
+    errors = error_lines(out)
+    assert rc == 2 and len(errors) == 1, f"rc {rc}, errors {errors}:\n{out[-3000:]}"
+    assert "Traceback" not in out, out[-3000:]
+    for needle in needles:
+        assert needle in errors[0], errors[0]
+    return errors[0]
+
+
+def tree(run_dir: Path) -> dict[str, str]:
+    """Every file (sha256 of its bytes) and folder under `run_dir`, recursively, by relative path."""
+    out = {}
+    for path in sorted(Path(run_dir).rglob("*")):
+        rel = str(path.relative_to(run_dir))
+        out[rel] = "folder" if path.is_dir() else hashlib.sha256(path.read_bytes()).hexdigest()
+    return out
+
+
+def leftovers(run_dir: Path) -> list[str]:
+    """Temporary files or folders of interrupted atomic writes, anywhere under `run_dir`."""
+    return sorted(str(p) for p in Path(run_dir).rglob("*") if p.name.endswith(".tmp") or p.name == ".staging")
+
+
+def assert_finished_like_reference(run_dir: Path) -> None:
+    """The finished run equals the uninterrupted one: step count, every step logged once with the same loss, the
+    final evaluation logged once, eval metrics in summary.json and every weight of model/ to TOL."""
+    from safetensors.torch import load_file
+
+    ref = reference_run()
+    got_summary = json.loads((run_dir / "summary.json").read_text())
+    ref_summary = json.loads((ref / "summary.json").read_text())
+    assert got_summary["steps"] == ref_summary["steps"] == 12
+    assert_same_losses(run_dir)
+    assert _eval_records(run_dir) == _eval_records(ref) == [12], "the final evaluation is logged once, at step 12"
+    compared = 0
+    for key, value in ref_summary["eval"].items():
+        if isinstance(value, float) and not key.endswith(("_runtime", "_per_second")):
+            assert abs(got_summary["eval"][key] - value) <= TOL, (key, got_summary["eval"][key], value)
+            compared += 1
+    assert compared >= 5
+    got, want = load_file(run_dir / "model" / "model.safetensors"), load_file(ref / "model" / "model.safetensors")
+    assert got.keys() == want.keys()
+    for name in want:
+        assert (got[name] - want[name]).abs().max().item() <= TOL, name
+    for name in ("tokenizer.json", "tokenizer_config.json", "config.json"):
+        assert (run_dir / "model" / name).read_bytes() == (ref / "model" / name).read_bytes(), name
+    assert leftovers(run_dir) == []
+
+
+def _eval_records(run_dir: Path) -> list[int]:
+    rows = [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+    return [r["step"] for r in rows if "eval_loss" in r]
 
 
 @functools.cache
