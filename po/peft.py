@@ -9,6 +9,7 @@ model is loaded. `export_model` writes either the adapter (PEFT format, small) o
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -85,7 +86,9 @@ def apply_peft(model: torch.nn.Module, cfg: DictConfig) -> torch.nn.Module:
     elif cfg.model.get("gradient_checkpointing"):
         model.enable_input_require_grads()  # checkpointed blocks need an input that requires grad
     try:
-        model = get_peft_model(model, lora_config(cfg.peft))
+        with warnings.catch_warnings():  # peft asks the model the pre-rename question; not the user's concern
+            warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+            model = get_peft_model(model, lora_config(cfg.peft))
     except ValueError as exc:  # e.g. no module matches target_modules
         raise ConfigError(f"peft.target_modules: {str(exc).splitlines()[0]}") from exc
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -126,6 +126,8 @@ BAD = [  # overrides, the key=value the one-line error must name
     (["data.show_examples=-1"], "data.show_examples=-1"),
     (["data=mixture", "data.mixture=[{path: a.jsonl, max_rows: 0}]"], "data.mixture[0].max_rows=0"),
     (["data=mixture", "data.mixture=[{path: a.jsonl, weight: abc}]"], "data.mixture[0].weight=abc"),
+    (["data=mixture", "data.mixture=[{path: a.jsonl, weight: inf}]"], "data.mixture[0].weight=inf"),
+    (["data=mixture", "data.mixture=[{path: a.jsonl, weight: true}]"], "data.mixture[0].weight=True"),
     (["trainer.per_device_train_batch_size=0"], "trainer.per_device_train_batch_size=0"),
     (["trainer.per_device_eval_batch_size=-1"], "trainer.per_device_eval_batch_size=-1"),
     (["trainer.per_device_train_batch_size=8.0"], "trainer.per_device_train_batch_size=8.0"),

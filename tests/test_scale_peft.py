@@ -149,3 +149,17 @@ def test_every_peft_and_deepspeed_option_composes(group, option):
     validate(cfg)
     if group == "deepspeed" and option != "none":
         assert cfg.deepspeed.config.zero_optimization.stage in (2, 3)
+
+
+def test_wrapping_with_lora_warns_nothing_the_user_did_not_cause():
+    """peft asks the model `is_gradient_checkpointing` (renamed in transformers 5): no FutureWarning reaches the user."""
+    import warnings
+
+    from po.models import load_policy, load_tokenizer
+    from po.peft import apply_peft
+
+    cfg = compose_cfg(["peft=lora"])
+    policy = load_policy(cfg.model, load_tokenizer(cfg.model), 0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        apply_peft(policy, cfg)

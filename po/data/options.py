@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -82,8 +83,8 @@ def check_data_config(cfg: DictConfig) -> None:
                 raise ConfigError(f"data.mixture[{i}].{sorted(unknown)[0]} is not a mixture key; "
                                   f"use {', '.join(sorted(MIXTURE_KEYS))}")
             weight = entry.get("weight", 1.0)
-            if not isinstance(weight, (int, float)) or weight <= 0:
-                raise ConfigError(f"data.mixture[{i}].weight={weight}: must be a number > 0 "
+            if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 < weight < math.inf:
+                raise ConfigError(f"data.mixture[{i}].weight={weight}: must be a finite number > 0 "
                                   "(1 = every row once, 0.5 = a random half, 2 = every row twice)")
             if (entry.get("format") or "auto") not in FORMATS:
                 raise ConfigError(f"data.mixture[{i}].format={entry.get('format')}: use one of {', '.join(FORMATS)}")
