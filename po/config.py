@@ -2,7 +2,7 @@
 
 `validate` runs before any model or data is loaded and turns every mistake it can see into one sentence that says
 what to change (a `ConfigError`, printed by the CLI without a traceback): crafted `_target_`s, bad values
-(`po.validation`), TrainingArguments' own checks, and cross-group rules.
+(`po.run.values`), TrainingArguments' own checks, and cross-group rules.
 
 Configs build only what they name: a `_target_` is accepted only where a group documents one (`loss` and
 `weighting`, a `losses.base.PreferenceLoss` class), it is resolved and checked before anything is called, and the
@@ -22,7 +22,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from po.errors import ConfigError
-from po.loss_params import loss_trains_parameters
+from po.trainer.loss_hooks import loss_trains_parameters
 
 # Keys of the `trainer` group that are po's own, not transformers.TrainingArguments fields.
 PO_TRAINER_KEYS = {"logps_chunk_size", "resume", "overwrite", "max_bad_steps", "checkpoint_checksums", "packing",
@@ -132,7 +132,7 @@ def instantiate(node: DictConfig, group: str, **kwargs: Any) -> Any:
 
     The target and every argument are checked first (kind, names, types); nested `_target_`s are refused.
     """
-    from po.validation import check_arguments
+    from po.run.values import check_arguments
 
     values = OmegaConf.to_container(node, resolve=True)
     _refuse_hydra_keys({group: values})
@@ -195,8 +195,8 @@ def trainer_kwargs(cfg: DictConfig) -> dict[str, Any]:
 def validate(cfg: DictConfig) -> None:
     """Check targets, values and cross-group rules before anything heavy is loaded; raise `ConfigError` with what
     to change. Every entry point (po-train, po-cache-ref, recipes) runs it first."""
-    from po.distributed import quiet_unused_deepspeed
-    from po.validation import check_training_arguments, check_values
+    from po.run.distributed import quiet_unused_deepspeed
+    from po.run.values import check_training_arguments, check_values
 
     missing = OmegaConf.missing_keys(cfg)
     if missing:
@@ -222,7 +222,7 @@ def validate(cfg: DictConfig) -> None:
     if strategy not in {"auto", "model", "adapter", "none", "cached"}:
         raise ConfigError(f"reference={strategy}: use one of auto, model, adapter, cached, none")
     needs = set(getattr(loss, "needs", {"token_logps"}))
-    if strategy == "cached" and not needs <= {"token_logps"}:  # po.refcache stores token log-probs only
+    if strategy == "cached" and not needs <= {"token_logps"}:  # po.run.refcache stores token log-probs only
         raise ConfigError(f"reference=cached stores only per-token reference log-probs, but {cfg.loss._target_} "
                           f"also needs {sorted(needs - {'token_logps'})}; use reference=model (or adapter)")
     peft = cfg.peft.get("method", "none")
@@ -240,6 +240,6 @@ def validate(cfg: DictConfig) -> None:
                           "or a reference-free loss such as loss=simpo")
     if strategy == "adapter" and peft == "none":
         raise ConfigError("reference=adapter needs a PEFT policy (peft=lora or peft=qlora); use reference=model")
-    from po.peft import validate_peft
+    from po.models.peft import validate_peft
 
     validate_peft(cfg)

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from po.data import cache
-from po.refcache import table_checksum, write_table
+from po.run.refcache import table_checksum, write_table
 
 PAIR_TOKENS = (150, 250, 250)  # prompt, chosen, rejected
 RESPONSE_TOKENS = 500  # chosen + rejected per pair in the reference table

@@ -17,9 +17,9 @@ from pathlib import Path
 from hydra import compose, initialize_config_dir
 
 from po.config import conf_dir
-from po.data import load_preference_data
+from po.data.load import load_preference_data
 from po.data.toy import generate
-from po.tokenizer import load_tiny_tokenizer
+from po.models.tokenizer import load_tiny_tokenizer
 
 
 def write_rows(path: Path, n: int) -> None:

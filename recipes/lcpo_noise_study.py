@@ -80,11 +80,11 @@ def run_one(base: str, lcpo: bool, flip_rate: float, regime: str, steps: int = 2
     from hydra import compose, initialize_config_dir
 
     from po.config import build_loss, conf_dir, validate
-    from po.data import PairCollator
-    from po.models import load_policy, load_reference, load_tokenizer
-    from po.reference import FrozenModelReference, resolve_strategy
-    from po.train import training_arguments
-    from po.trainer import PreferenceTrainer
+    from po.data.collate import PairCollator
+    from po.models.policy import load_policy, load_reference, load_tokenizer
+    from po.step.reference import FrozenModelReference, resolve_strategy
+    from po.run.job import training_arguments
+    from po.trainer.preference_trainer import PreferenceTrainer
 
     overrides = BASE_LOSSES[base] + (["weighting=lcpo"] if lcpo else []) + [
         f"seed={seed}", f"trainer.max_steps={steps}", f"trainer.per_device_train_batch_size={batch}",

@@ -26,10 +26,10 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from losses.sparsepo import SparsePOLoss
-from po.extras import compute_with_extras
-from po.loss_params import bind_loss_to_model, loss_param_groups
-from po.reference import FrozenModelReference
-from po.step import pair_loss
+from po.step.extras import compute_with_extras
+from po.trainer.loss_hooks import bind_loss_to_model, loss_param_groups
+from po.step.reference import FrozenModelReference
+from po.step.pair_batch import pair_loss
 
 VOCAB, GOOD, BAD, FILLER_START = 64, 3, 4, 8
 PROMPT, RESPONSE = 4, 12

@@ -37,10 +37,10 @@ def measure(variant: str, args) -> dict:
 
     from losses.dpo import DPOLoss
     from losses.sparsepo import SparsePOLoss
-    from po.loss_params import bind_loss_to_model
-    from po.reference import FrozenModelReference
-    from po.step import pair_loss
-    from po.token_kl import naive_token_kl
+    from po.trainer.loss_hooks import bind_loss_to_model
+    from po.step.reference import FrozenModelReference
+    from po.step.pair_batch import pair_loss
+    from po.step.token_kl import naive_token_kl
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     config = AutoConfig.for_model("llama", vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=2 * args.hidden,

@@ -30,7 +30,7 @@ def compose_cfg(overrides: list[str] = ()) -> DictConfig:
 
 def run_train(run_dir: Path, overrides: list[str] = (), fast: bool = True) -> dict:
     """Train into `run_dir` with the composed config; returns the summary."""
-    from po.train import train
+    from po.run.job import train
 
     return train(compose_cfg((FAST if fast else []) + list(overrides)), Path(run_dir))
 

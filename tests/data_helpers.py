@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 
 from conftest import compose_cfg
-from po.data import PreferenceData, load_preference_data
-from po.tokenizer import load_tiny_tokenizer
+from po.data.load import PreferenceData, load_preference_data
+from po.models.tokenizer import load_tiny_tokenizer
 
 TOK = load_tiny_tokenizer()
 

@@ -359,7 +359,7 @@ def test_max_length_alone_derives_the_prompt_cap(option):
     (["trainer.save_strategy=epoch"], "epoch", None),
 ])
 def test_save_steps_alone_means_saving(tmp_path, overrides, strategy, steps):
-    from po.train import training_arguments
+    from po.run.job import training_arguments
 
     cfg = compose_cfg(overrides)
     validate(cfg)
@@ -370,7 +370,7 @@ def test_save_steps_alone_means_saving(tmp_path, overrides, strategy, steps):
 
 
 def test_eval_steps_alone_means_evaluating(tmp_path):
-    from po.train import training_arguments
+    from po.run.job import training_arguments
 
     assert training_arguments(compose_cfg(["trainer.eval_steps=7"]), tmp_path).eval_strategy.value == "steps"
     assert training_arguments(compose_cfg([]), tmp_path).eval_strategy.value == "no"
@@ -387,7 +387,7 @@ def test_gradient_checkpointing_uses_the_current_name():
     """model.gradient_checkpointing=true turns checkpointing on without transformers' rename FutureWarning."""
     import warnings
 
-    from po.models import load_policy, load_tokenizer
+    from po.models.policy import load_policy, load_tokenizer
 
     cfg = compose_cfg(["model.gradient_checkpointing=true"])
     with warnings.catch_warnings(record=True) as caught:

@@ -11,7 +11,7 @@ import json
 import pytest
 from data_helpers import TOK, ids, load, write_jsonl
 
-from po.data import PairCollator
+from po.data.collate import PairCollator
 
 BOS, EOS = TOK.bos_token_id, TOK.eos_token_id
 USER, ASSISTANT = TOK.convert_tokens_to_ids("<|user|>"), TOK.convert_tokens_to_ids("<|assistant|>")

@@ -76,7 +76,7 @@ def test_length_statistics_in_the_report(tmp_path):
 
 
 def test_summary_facts_carry_the_data_report(tmp_path):
-    from po.train import build_trainer
+    from po.run.job import build_trainer
 
     cfg = compose_cfg(["data.max_rows=40", "trainer.max_steps=1", f"data.cache_dir={tmp_path / 'cache'}"])
     _, _, facts = build_trainer(cfg, tmp_path)
@@ -87,7 +87,7 @@ def test_summary_facts_carry_the_data_report(tmp_path):
 def test_po_data_command_prints_report_and_examples(tmp_path):
     path = write_jsonl(tmp_path / "d.jsonl", rows(5) + [{"prompt": "Q", "chosen": " same", "rejected": " same"}])
     out = subprocess.run(
-        [sys.executable, "-m", "po.data_cli", "data=jsonl", f"data.path={path}", "data.show_examples=2", "data.eval_fraction=0",
+        [sys.executable, "-m", "po.cli.data", "data=jsonl", f"data.path={path}", "data.show_examples=2", "data.eval_fraction=0",
          f"data.cache_dir={tmp_path / 'cache'}"],
         capture_output=True, text=True, cwd=tmp_path, timeout=300,
     )
@@ -96,7 +96,7 @@ def test_po_data_command_prints_report_and_examples(tmp_path):
     assert f"chosen identical to rejected (after truncation): 1 (first: {path} line 6)" in out.stdout
     assert "tokens: prompt mean" in out.stdout
     assert out.stdout.count("⟦|⟧ ' Answer 0.</s>'") == 1 and "example 1 (" in out.stdout
-    bad = subprocess.run([sys.executable, "-m", "po.data_cli", "data=jsonl", f"data.path={path}", "data.strict=true",
+    bad = subprocess.run([sys.executable, "-m", "po.cli.data", "data=jsonl", f"data.path={path}", "data.strict=true",
                           f"data.cache_dir={tmp_path / 'cache'}"], capture_output=True, text=True, cwd=tmp_path)
     assert bad.returncode == 2 and bad.stderr.startswith(f"po-data: error: {path} line 6: data.strict=true")
 
@@ -114,7 +114,7 @@ def test_hub_id_offline_error_names_the_dataset_and_split():
 
 def test_data_mixture_option_composes_and_loads(tmp_path):
     from po.config import validate
-    from po.data import load_preference_data
+    from po.data.load import load_preference_data
     from data_helpers import TOK
 
     a = write_jsonl(tmp_path / "a.jsonl", rows(4, "a"))

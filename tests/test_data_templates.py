@@ -1,6 +1,6 @@
 """Chat templates applied once: one BOS, one end token per response, and the ids decode to the template's rendering.
 
-Three template styles are built offline (a tiny BPE from po.tokenizer with the special tokens and chat template of
+Three template styles are built offline (a tiny BPE from po.models.tokenizer with the special tokens and chat template of
 each family): Llama-3 (BOS in the template, <|eot_id|> ends turns), Qwen2 (no BOS, <|im_end|> ends turns,
 a default system turn), Mistral ([INST] ... [/INST], </s> after the answer), plus the shipped tiny tokenizer.
 """
@@ -12,7 +12,7 @@ from tokenizers import processors
 
 from po.data.pairs import Pair
 from po.data.tokenize import tokenize_pair
-from po.tokenizer import build_tiny_tokenizer, load_tiny_tokenizer
+from po.models.tokenizer import build_tiny_tokenizer, load_tiny_tokenizer
 
 CORPUS = ["hello there, how are you today?", "the cat sat on the mat.", "Tell me about rivers.",
           "Rivers flow to the sea.", "No."] * 4

@@ -60,7 +60,7 @@ def test_accumulation_gives_the_eta_of_the_whole_batch(tmp_path):
 def test_eta_survives_checkpoint_and_resume(tmp_path):
     """12 steps in one go vs 6 steps, checkpoint, and a fresh trainer resumed from it: the same final eta, and the
     checkpoint holds the eta the run had after step 6 (not the initial 0.9)."""
-    from po.train import build_trainer
+    from po.run.job import build_trainer
 
     overrides = noisy_overrides(tmp_path) + ["trainer.max_steps=12", "trainer.save_strategy=steps",
                                              "trainer.save_steps=6"]

@@ -4,8 +4,8 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from po.data import PairCollator
-from po.logprobs import response_masks, token_logps
+from po.data.collate import PairCollator
+from po.step.logprobs import response_masks, token_logps
 
 
 def tiny(arch: str):

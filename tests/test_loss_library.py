@@ -14,8 +14,8 @@ import sys
 import pytest
 from hydra import compose, initialize_config_dir
 
-import po.models
-import po.train
+import po.models.policy
+import po.run.job
 from losses.base import LossOutput, PairBatch, PreferenceLoss, check_positive, common_metrics
 from po.config import build_loss, conf_dir, validate
 from po.errors import ConfigError
@@ -127,7 +127,7 @@ def test_searchpath_loss_is_not_found_without_the_searchpath():
 def model_builds(monkeypatch):
     """Counts models built (policy and reference) and calls to `load_reference` during a run."""
     counts = {"built": 0, "load_reference": 0}
-    build, load_ref = po.models.build_tiny_model, po.models.load_reference
+    build, load_ref = po.models.policy.build_tiny_model, po.models.policy.load_reference
 
     def counting_build(*args, **kwargs):
         counts["built"] += 1
@@ -137,9 +137,9 @@ def model_builds(monkeypatch):
         counts["load_reference"] += 1
         return load_ref(*args, **kwargs)
 
-    monkeypatch.setattr(po.models, "build_tiny_model", counting_build)
-    monkeypatch.setattr(po.models, "load_reference", counting_load_reference)
-    monkeypatch.setattr(po.train, "load_reference", counting_load_reference)
+    monkeypatch.setattr(po.models.policy, "build_tiny_model", counting_build)
+    monkeypatch.setattr(po.models.policy, "load_reference", counting_load_reference)
+    monkeypatch.setattr(po.run.job, "load_reference", counting_load_reference)
     return counts
 
 

@@ -1,4 +1,4 @@
-"""One row per pair (po.packing) gives the plain layout's log-probs and gradients, on Llama and Qwen2 shapes."""
+"""One row per pair (po.step.layouts) gives the plain layout's log-probs and gradients, on Llama and Qwen2 shapes."""
 
 from __future__ import annotations
 
@@ -7,12 +7,12 @@ import torch
 
 from conftest import compose_cfg
 from losses.dpo import DPOLoss
-from po.data import PairCollator
-from po.logprobs import response_masks, token_logps
-from po.models import build_tiny_model, load_tokenizer
-from po.packing import (PackedPairCollator, choose_collator, packed_attention_mask, packed_response_masks,
+from po.data.collate import PairCollator
+from po.step.logprobs import response_masks, token_logps
+from po.models.policy import build_tiny_model, load_tokenizer
+from po.step.layouts import (PackedPairCollator, choose_collator, packed_attention_mask, packed_response_masks,
                         packed_token_logps, packing_support)
-from po.step import pair_loss
+from po.step.pair_batch import pair_loss
 
 
 def _model(arch: str):

@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from conftest import REPO, compose_cfg, read_metrics, run_train
-from po.data import load_preference_data
+from po.data.load import load_preference_data
 from po.errors import ConfigError
-from po.models import load_tokenizer
-from po.refcache import cache_key, cache_path, read_table, write_table
+from po.models.policy import load_tokenizer
+from po.run.refcache import cache_key, cache_path, read_table, write_table
 
 SHORT = ["trainer.max_steps=4", "trainer.logging_steps=1", "data.max_rows=40", "eval.before_training=false"]
 
@@ -43,12 +43,12 @@ def test_miss_then_hit_same_losses_as_live_reference(tmp_path, monkeypatch):
     files = list((tmp_path / "cache").iterdir())
     assert len(files) == 1 and files[0].suffix == ".pt"
 
-    import po.models
+    import po.models.policy
 
     def no_reference(*args, **kwargs):
         raise AssertionError("a cache hit must not load the reference model")
 
-    monkeypatch.setattr(po.models, "load_reference", no_reference)
+    monkeypatch.setattr(po.models.policy, "load_reference", no_reference)
     hit = run_train(tmp_path / "hit", _cached(tmp_path))
     assert hit["reference_cache"]["hit"] is True and hit["models_loaded"] == 1
     torch.testing.assert_close(_losses(tmp_path / "miss"), _losses(tmp_path / "live"), atol=1e-5, rtol=0)
@@ -105,7 +105,7 @@ def test_killed_writer_leaves_nothing_readable(tmp_path):
     """A writer killed mid-write leaves only its temporary file; readers see a miss, a later writer succeeds."""
     key = "k" * 32
     path = cache_path(tmp_path, key)
-    script = (f"import torch, os, sys; sys.path.insert(0, {str(REPO)!r}); from po.refcache import write_table\n"
+    script = (f"import torch, os, sys; sys.path.insert(0, {str(REPO)!r}); from po.run.refcache import write_table\n"
               "torch.save = lambda obj, fh: (fh.write(b'partial'), fh.flush(), os._exit(9))\n"
               f"write_table(__import__('pathlib').Path({str(path)!r}), {{'key': {key!r}}})\n")
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True)
@@ -141,11 +141,11 @@ def test_refused_for_loss_needing_more_than_token_logps(monkeypatch):
 def test_cli_fills_cache_then_train_hits(tmp_path):
     over = ["data.max_rows=20", f"reference.dir={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / 'h'}"]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    cmd = [sys.executable, "-m", "po.cache_cli", *over]
+    cmd = [sys.executable, "-m", "po.cli.cache_ref", *over]
     first = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path)
     assert first.returncode == 0, first.stderr[-2000:]
     assert "written" in first.stdout
-    from po.cache_cli import fill_reference_cache
+    from po.cli.cache_ref import fill_reference_cache
 
     again = fill_reference_cache(compose_cfg(over[:2] + ["reference=cached"]))
     assert again["hit"] is True and again["pairs"] > 0

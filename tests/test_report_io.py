@@ -15,7 +15,7 @@ import pytest
 from conftest import REPO
 from fs_faults import fill, make_read_only, tmpfs
 
-import po.report as report
+import po.report.sweep as report
 
 
 def write_run(sweep: Path, loss: str, seed: int, accuracy: float) -> Path:
@@ -103,7 +103,7 @@ def test_full_disk_while_plotting_is_one_error_line_and_leaves_the_old_outputs(t
         good_sweep(sweep)
         (sweep / "report.md").write_text("old report\n")
         fill(small, free_bytes=2048)
-        proc = subprocess.run([sys.executable, "-m", "po.report", str(sweep)], capture_output=True, text=True,
+        proc = subprocess.run([sys.executable, "-m", "po.report.sweep", str(sweep)], capture_output=True, text=True,
                               env={**__import__("os").environ, "PYTHONPATH": str(REPO)})
         assert (sweep / "report.md").read_text() == "old report\n"
         assert not list(sweep.glob("*.png")) and _no_temporaries(sweep) == []

@@ -18,9 +18,9 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from conftest import REPO, compose_cfg, run_train
-from po.distributed import require_pinned_run_dir
+from po.run.distributed import require_pinned_run_dir
 from po.errors import ConfigError
-from po.zero import inference_config
+from po.models.zero import inference_config
 
 SMALL = ["trainer.max_steps=4", "trainer.logging_steps=1", "trainer.disable_tqdm=true", "data.max_rows=40",
          "data.max_length=64", "trainer.per_device_eval_batch_size=2"]
@@ -37,7 +37,7 @@ def _launch(launcher: str, run_dir, overrides: list[str]) -> subprocess.Complete
     if launcher == "torchrun":
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
                str(_port()), "-m", "po.cli", *args]
-    else:  # the deepspeed launcher: --no_local_rank (Hydra takes no --local_rank flag), --module po.cli
+    else:  # the deepspeed launcher: --no_local_rank (Hydra takes no --local_rank flag), --module po.cli.train
         cmd = [os.path.join(os.path.dirname(sys.executable), "deepspeed"), "--num_gpus", "2", "--no_local_rank",
                "--master_port", str(_port()), "--module", "po.cli", *args]
     env = dict(os.environ, DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", PYTHONPATH=str(REPO),
@@ -98,8 +98,8 @@ def test_multi_process_launch_needs_pinned_run_dir(monkeypatch):
 
 def test_reference_inference_config_drops_training_state():
     """hidden_size 64 -> reduce bucket 64^2 = 4096, prefetch 0.9 x 4096 = 3686, persistence 10 x 64 = 640."""
-    from po.models import build_tiny_model
-    from po.tokenizer import load_tiny_tokenizer
+    from po.models.policy import build_tiny_model
+    from po.models.tokenizer import load_tiny_tokenizer
 
     cfg = compose_cfg(["deepspeed=zero3_offload"])
     train_config = dict(cfg.deepspeed.config, optimizer={"type": "AdamW"}, scheduler={"type": "WarmupLR"})

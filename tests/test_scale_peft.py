@@ -15,8 +15,8 @@ from transformers import AutoModelForCausalLM
 from conftest import REPO, compose_cfg
 from po.config import validate
 from po.errors import ConfigError
-from po.logprobs import token_logps
-from po.reference import AdapterReference
+from po.step.logprobs import token_logps
+from po.step.reference import AdapterReference
 
 LORA = ["peft=lora", "peft.r=4", "peft.dropout=0.0", "trainer.max_steps=4", "trainer.logging_steps=2",
         "trainer.disable_tqdm=true", "trainer.learning_rate=1e-2", "data.max_rows=40", "data.max_length=48",
@@ -24,7 +24,7 @@ LORA = ["peft=lora", "peft.r=4", "peft.dropout=0.0", "trainer.max_steps=4", "tra
 
 
 def _built_trainer(tmp_path, overrides):
-    from po.train import build_trainer
+    from po.run.job import build_trainer
 
     cfg = compose_cfg(LORA + list(overrides))
     validate(cfg)
@@ -41,11 +41,11 @@ def _logps(model, batch):
 
 
 def test_lora_builds_one_model_and_trains_only_adapters(tmp_path, monkeypatch):
-    import po.models
+    import po.models.policy
 
     builds = []
-    real = po.models.build_tiny_model
-    monkeypatch.setattr(po.models, "build_tiny_model", lambda *a, **k: builds.append(1) or real(*a, **k))
+    real = po.models.policy.build_tiny_model
+    monkeypatch.setattr(po.models.policy, "build_tiny_model", lambda *a, **k: builds.append(1) or real(*a, **k))
     cfg, trainer, _, facts = _built_trainer(tmp_path, [])
     assert len(builds) == 1 and facts["models_loaded"] == 1 and facts["reference"] == "adapter"
     assert isinstance(trainer.reference, AdapterReference)
@@ -64,8 +64,8 @@ def test_lora_builds_one_model_and_trains_only_adapters(tmp_path, monkeypatch):
 
 
 def test_adapter_reference_equals_base_model(tmp_path):
-    from po.models import build_tiny_model
-    from po.step import pair_loss
+    from po.models.policy import build_tiny_model
+    from po.step.pair_batch import pair_loss
 
     cfg, trainer, tokenizer, _ = _built_trainer(tmp_path, [])
     model = trainer.model
@@ -92,8 +92,8 @@ def test_adapter_reference_equals_base_model(tmp_path):
 def test_lora_export_adapter_and_merged_model_reload(tmp_path):
     from peft import PeftModel
 
-    from po.models import build_tiny_model
-    from po.peft import export_model
+    from po.models.policy import build_tiny_model
+    from po.models.peft import export_model
 
     cfg, trainer, tokenizer, _ = _built_trainer(tmp_path, ["model.merge_lora_on_save=true"])
     trainer.train()
@@ -155,8 +155,8 @@ def test_wrapping_with_lora_warns_nothing_the_user_did_not_cause():
     """peft asks the model `is_gradient_checkpointing` (renamed in transformers 5): no FutureWarning reaches the user."""
     import warnings
 
-    from po.models import load_policy, load_tokenizer
-    from po.peft import apply_peft
+    from po.models.policy import load_policy, load_tokenizer
+    from po.models.peft import apply_peft
 
     cfg = compose_cfg(["peft=lora"])
     policy = load_policy(cfg.model, load_tokenizer(cfg.model), 0)

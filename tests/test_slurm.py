@@ -65,7 +65,7 @@ def test_sbatch_trains_tiny_dpo_with_two_ranks(slurm_cluster: SlurmCluster, tmp_
 @pytest.mark.slow
 def test_submitit_slurm_sweep_runs_one_job_per_point(slurm_cluster: SlurmCluster, tmp_path: Path):
     """po-train -m hydra/launcher=slurm loss.beta=0.1,0.2: two Slurm jobs, each finishes with its summary. Each
-    point runs as 2 submitit tasks (as on a 2-GPU node), which po.cli joins into one 2-rank job (gloo on CPU)."""
+    point runs as 2 submitit tasks (as on a 2-GPU node), which po.cli.train joins into one 2-rank job (gloo on CPU)."""
     sweep = tmp_path / "sweep"
     cmd = [sys.executable, "-m", "po.cli", "-m", "hydra/launcher=slurm", f"hydra.sweep.dir={sweep}",
            "hydra.launcher.timeout_min=10", "hydra.launcher.cpus_per_task=1", "hydra.launcher.tasks_per_node=2",
@@ -161,7 +161,7 @@ def test_pre_timeout_signal_checkpoints_requeues_and_resumes(slurm_cluster: Slur
 @pytest.mark.slow
 def test_submitit_point_checkpoints_on_signal_requeues_and_resumes(slurm_cluster: SlurmCluster, tmp_path: Path):
     """A sweep point on Slurm (hydra/launcher=slurm) gets the time-limit warning (USR1 to the job's processes, as
-    the launcher's --signal=USR1@N sends it): it checkpoints, po.cli requeues it, the requeued point resumes in
+    the launcher's --signal=USR1@N sends it): it checkpoints, po.cli.train requeues it, the requeued point resumes in
     the same run dir and the sweep returns only when it has finished."""
     sweep = tmp_path / "sweep"
     max_steps = 100

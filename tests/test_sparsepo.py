@@ -10,11 +10,11 @@ from transformers import AutoConfig, AutoModelForCausalLM
 from losses.base import PairBatch
 from losses.sparsepo import SparsePOLoss
 from losses.token_masks import MaskNetwork, activation_mask
-from po.extras import ActivationRecorder, compute_with_extras
-from po.loss_params import bind_loss_to_model
-from po.reference import FrozenModelReference
-from po.step import pair_loss
-from po.token_kl import chunked_token_kl, naive_token_kl
+from po.step.extras import ActivationRecorder, compute_with_extras
+from po.trainer.loss_hooks import bind_loss_to_model
+from po.step.reference import FrozenModelReference
+from po.step.pair_batch import pair_loss
+from po.step.token_kl import chunked_token_kl, naive_token_kl
 
 SIZES = {
     "llama": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2),

@@ -16,8 +16,8 @@ import pytest
 import torch
 from transformers import TrainerCallback
 
-from po.step import pair_loss
-from po.train import build_trainer
+from po.step.pair_batch import pair_loss
+from po.run.job import build_trainer
 from tests.conftest import compose_cfg
 
 STEPS = 4
@@ -119,7 +119,7 @@ def test_mask_network_under_ddp_equals_the_hand_written_loop(tmp_path):
     import subprocess
     import sys
 
-    from po.trainer import LOSS_STATE_FILE
+    from po.trainer.preference_trainer import LOSS_STATE_FILE
     from tests.conftest import REPO
 
     cfg, trainer, policy, loss, micro_batches, _ = train_recording(tmp_path / "plain", accumulation=1)

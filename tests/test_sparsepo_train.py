@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 
 from po.config import validate
 from po.errors import ConfigError
-from po.trainer import LOSS_STATE_FILE
+from po.trainer.preference_trainer import LOSS_STATE_FILE
 from tests.conftest import compose_cfg, read_metrics, run_train
 
 SHORT = ["trainer.max_steps=4", "trainer.logging_steps=2", "eval.before_training=false", "data.max_rows=64",
@@ -36,7 +36,7 @@ def test_po_train_sparsepo_trains(tmp_path, arch, mask):
 
 
 def test_mask_params_get_their_own_optimizer_group(tmp_path):
-    from po.train import build_trainer
+    from po.run.job import build_trainer
 
     cfg = compose_cfg(SHORT + ["loss=sparsepo", "loss.mask_weight_decay=0.123", "trainer.weight_decay=0.0"])
     trainer, _, _ = build_trainer(cfg, tmp_path)
@@ -51,7 +51,7 @@ def test_mask_params_get_their_own_optimizer_group(tmp_path):
 
 @pytest.mark.slow
 def test_mask_params_change_and_survive_save_and_resume(tmp_path):
-    from po.train import build_trainer
+    from po.run.job import build_trainer
 
     overrides = SHORT + ["loss=sparsepo", "loss.mask_position=token", "trainer.max_steps=2",
                          "trainer.save_strategy=steps", "trainer.save_steps=1"]
@@ -107,9 +107,9 @@ def test_bad_sparsepo_values_are_config_errors(override, match):
 def test_packing_setting_does_not_change_sparsepo(tmp_path):
     """SparsePO reads per-row outputs, so it always trains on plain rows: the default (packing on) and
     trainer.packing=false give the same losses, and a packed batch handed to it is refused."""
-    from po.data import PairCollator
-    from po.packing import PackedPairCollator
-    from po.step import pair_batch
+    from po.data.collate import PairCollator
+    from po.step.layouts import PackedPairCollator
+    from po.step.pair_batch import pair_batch
     common = ["loss=sparsepo", "loss.mask=none", "trainer.max_steps=4", "trainer.logging_steps=1",
               "eval.before_training=false"]
     run_train(tmp_path / "packed", common)

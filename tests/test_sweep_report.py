@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from po.report import find_runs, write_report
+from po.report.sweep import find_runs, write_report
 
 pytestmark = pytest.mark.slow
 FAST = ["trainer.max_steps=8", "trainer.logging_steps=4", "trainer.disable_tqdm=true", "eval.before_training=false"]
@@ -61,7 +61,7 @@ def test_failed_run_is_named_and_report_still_written(tmp_path):
     sweep_dir = tmp_path / "s"
     proc = multirun(sweep_dir, ["loss.beta=0.1,-1"])
     assert proc.returncode != 0  # Hydra reports the failed job after running every job
-    report = subprocess.run([sys.executable, "-m", "po.report", str(sweep_dir)], capture_output=True, text=True)
+    report = subprocess.run([sys.executable, "-m", "po.report.sweep", str(sweep_dir)], capture_output=True, text=True)
     assert report.returncode == 0, report.stderr
     text = (sweep_dir / "report.md").read_text()
     assert "1 of 2 runs finished" in text

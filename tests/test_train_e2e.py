@@ -10,10 +10,11 @@ import torch
 import yaml
 from transformers import AutoModelForCausalLM
 
-from po.data import PairCollator, load_preference_data
-from po.models import load_reference, load_tokenizer
-from po.reference import FrozenModelReference
-from po.step import pair_loss
+from po.data.collate import PairCollator
+from po.data.load import load_preference_data
+from po.models.policy import load_reference, load_tokenizer
+from po.step.reference import FrozenModelReference
+from po.step.pair_batch import pair_loss
 from tests.conftest import compose_cfg, read_metrics
 
 pytestmark = pytest.mark.slow

@@ -23,10 +23,10 @@ from losses.ipo import IPOLoss
 from losses.ln_dpo import LNDPOLoss
 from losses.robust import RobustDPOLoss
 from losses.simpo import SimPOLoss
-from po.data import PairCollator
-from po.models import build_tiny_model, load_tokenizer
-from po.reference import FrozenModelReference
-from po.step import pair_loss
+from po.data.collate import PairCollator
+from po.models.policy import build_tiny_model, load_tokenizer
+from po.step.reference import FrozenModelReference
+from po.step.pair_batch import pair_loss
 from tests.conftest import compose_cfg
 
 trl = pytest.importorskip("trl")

@@ -21,10 +21,10 @@ import time
 from pathlib import Path
 
 import po.atomic
-import po.checkpoints
-import po.train
-import po.trainer
-from po.cli import main
+import po.trainer.checkpoints
+import po.run.job
+import po.trainer.preference_trainer
+from po.cli.train import main
 
 SLEEP = float(os.environ.get("PO_FAULT_STEP_SLEEP", "0"))
 BLOCK_AT = int(os.environ.get("PO_FAULT_BLOCK_SAVE_AT", "-1"))
@@ -40,7 +40,7 @@ def pause(where: str) -> None:
 
 
 if SLEEP or SIGNAL_AT > 0 or (PAUSE_AT or "").startswith("step:"):
-    _step = po.trainer.PreferenceTrainer.training_step
+    _step = po.trainer.preference_trainer.PreferenceTrainer.training_step
 
     def faulty_training_step(self, *args, **kwargs):
         if PAUSE_AT == f"step:{self.state.global_step + 1}" and not PAUSE_FILE.exists():
@@ -51,10 +51,10 @@ if SLEEP or SIGNAL_AT > 0 or (PAUSE_AT or "").startswith("step:"):
         time.sleep(SLEEP)
         return loss
 
-    po.trainer.PreferenceTrainer.training_step = faulty_training_step
+    po.trainer.preference_trainer.PreferenceTrainer.training_step = faulty_training_step
 
 if BLOCK_AT >= 0:
-    _write = po.checkpoints.write_manifest
+    _write = po.trainer.checkpoints.write_manifest
 
     def blocking_write_manifest(checkpoint, step, *args, **kwargs):
         if step == BLOCK_AT:
@@ -62,16 +62,16 @@ if BLOCK_AT >= 0:
             time.sleep(3600)
         return _write(checkpoint, step, *args, **kwargs)
 
-    po.checkpoints.write_manifest = blocking_write_manifest
+    po.trainer.checkpoints.write_manifest = blocking_write_manifest
 
 if PAUSE_AT == "end":
-    _export = po.train.export_model
+    _export = po.run.job.export_model
 
     def paused_export(*args, **kwargs):
         pause("end")
         return _export(*args, **kwargs)
 
-    po.train.export_model = paused_export
+    po.run.job.export_model = paused_export
 
 if PAUSE_AT == "export":
     _replace_dir = po.atomic.replace_dir

@@ -95,7 +95,7 @@ REFERENCE_DAMAGE = {
 
 @pytest.mark.parametrize("damage", sorted(REFERENCE_DAMAGE))
 def test_damaged_reference_cache_is_reported_recomputed_and_replaced(clean, tmp_path, caplog, damage):
-    from po.refcache import read_table
+    from po.run.refcache import read_table
 
     ref_dir, data_dir = copy_caches(clean[0], tmp_path)
     [entry] = list(ref_dir.glob("*.pt"))
@@ -137,7 +137,7 @@ def test_reference_cache_in_a_read_only_folder_warns_and_trains_from_memory(clea
 def test_po_cache_ref_on_a_full_disk_is_one_error_line_and_leaves_nothing(tmp_path):
     with full_tmpfs(tmp_path / "small") as small:
         proc = subprocess.run(
-            [sys.executable, "-m", "po.cache_cli", "data.max_rows=20", "data.max_length=64",
+            [sys.executable, "-m", "po.cli.cache_ref", "data.max_rows=20", "data.max_length=64",
              f"reference.dir={small}", f"data.cache_dir={tmp_path / 'data'}", f"hydra.run.dir={tmp_path / 'h'}"],
             capture_output=True, text=True, cwd=tmp_path, timeout=600,
             env={**__import__("os").environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"})

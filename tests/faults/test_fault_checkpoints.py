@@ -8,9 +8,9 @@ import torch
 from conftest import run_train
 from fault_helpers import JOB, SAVE_EVERY_3, assert_same_losses_in_process, crashed_copy
 
-from po import checkpoints
+from po.trainer import checkpoints
 from po.errors import POError
-from po.reliable import CheckpointWriteError
+from po.trainer.reliable import CheckpointWriteError
 
 pytestmark = pytest.mark.slow
 

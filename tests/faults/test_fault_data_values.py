@@ -31,7 +31,7 @@ def numbered(report, attr: str) -> list[str]:
 
 def line_of(report, attr: str) -> str:
     """The report line of one class."""
-    from po.data.report import CLASSES
+    from po.data.quality import CLASSES
 
     text = next(text for a, text, _ in CLASSES if a == attr)
     return next(line for line in report.lines("train") if f"  {text}: " in line)
@@ -299,7 +299,7 @@ def test_hub_rows_get_the_same_checks(tmp_path, monkeypatch):
     table = datasets.Dataset.from_list([uf(8, 3), uf(math.nan, 3)])
     monkeypatch.setattr(datasets, "load_dataset", lambda *args, **kwargs: table)
     from conftest import compose_cfg
-    from po.data import load_preference_data
+    from po.data.load import load_preference_data
 
     cfg = compose_cfg(["data=jsonl", "data.path=someorg/prefs", "data.eval_fraction=0",
                        f"data.cache_dir={tmp_path / 'cache'}"])

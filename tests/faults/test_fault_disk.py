@@ -10,8 +10,8 @@ from conftest import run_train
 from fault_helpers import (JOB, SAVE_EVERY_3, assert_finished_like_reference, assert_one_line_error, finish, leftovers,
                            run, start, wait_until)
 
-from po import checkpoints
-from po.reliable import CheckpointWriteError
+from po.trainer import checkpoints
+from po.trainer.reliable import CheckpointWriteError
 
 pytestmark = pytest.mark.slow
 

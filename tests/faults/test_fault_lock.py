@@ -12,7 +12,7 @@ import pytest
 from fault_helpers import REPO, assert_one_line_error, assert_same_losses, env, error_lines, finish, run, start, \
     wait_until
 
-from po.runlock import LOCK_FILE, RunLock
+from po.run.lock import LOCK_FILE, RunLock
 
 pytestmark = pytest.mark.slow
 

@@ -12,9 +12,9 @@ from safetensors.torch import load_file
 from transformers import TrainerCallback
 
 from losses.base import LossOutput, PreferenceLoss
-from po.guard import NonFiniteSteps
-from po.rundir import prepare_run_dir
-from po.train import build_trainer
+from po.trainer.guard import NonFiniteSteps
+from po.run.rundir import prepare_run_dir
+from po.run.job import build_trainer
 
 pytestmark = pytest.mark.slow
 

@@ -11,7 +11,7 @@ from fault_helpers import (JOB, SAVE_EVERY_3, assert_one_line_error, crashed_cop
 
 from po.data.toy import TOY_PATH
 from po.errors import ConfigError, POError
-from po.rundir import check_fingerprint, data_fingerprint
+from po.run.rundir import check_fingerprint, data_fingerprint
 
 pytestmark = pytest.mark.slow
 

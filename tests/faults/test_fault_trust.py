@@ -8,10 +8,10 @@ import torch
 from conftest import run_train
 from fault_helpers import JOB, SAVE_EVERY_3, TOL, finished_run, loss_steps
 
-import po.train
-from po import checkpoints
+import po.run.job
+from po.trainer import checkpoints
 from po.errors import ConfigError
-from po.rundir import RUN_ID
+from po.run.rundir import RUN_ID
 
 pytestmark = pytest.mark.slow
 UNTRUSTED = "was not written by this run directory"
@@ -39,7 +39,7 @@ def test_resume_from_another_runs_checkpoint_needs_trust(tmp_path, monkeypatch):
 
     with monkeypatch.context() as m:
         m.setattr(torch, "load", no_loading)
-        m.setattr(po.train, "build_trainer", no_loading)
+        m.setattr(po.run.job, "build_trainer", no_loading)
         with pytest.raises(ConfigError, match=f"trainer.resume={other}: checkpoint {other} {UNTRUSTED} .*outside "
                                               "this run directory.*pickles.*trainer.trust_checkpoint=true"):
             run_train(run_dir, JOB + [f"trainer.resume={other}"])

@@ -19,7 +19,7 @@ import pytest
 from conftest import compose_cfg, run_train
 from fault_helpers import JOB, env, finished_run
 
-import po.train
+import po.run.job
 from po.errors import ConfigError
 
 OUTPUTS = ("model", "metrics.jsonl", "summary.json", "resolved_config.yaml", "checkpoints")
@@ -89,7 +89,7 @@ def test_torch_load_target_runs_no_pickle(tmp_path):
     cfg = compose_cfg(["~loss.beta", "~loss.label_smoothing", "loss._target_=torch.load", f"+loss.f={payload}",
                        "+loss.weights_only=false"])
     with pytest.raises(ConfigError, match=r"loss\._target_=torch\.load.*PreferenceLoss"):
-        po.train.train(cfg, tmp_path / "run")
+        po.run.job.train(cfg, tmp_path / "run")
     assert not marker.exists(), "the pickle payload ran"
 
 
@@ -99,7 +99,7 @@ def test_nested_target_in_loss_group_is_not_built(tmp_path):
     victim.write_text("keep me\n")
     cfg = compose_cfg(["+loss.inner._target_=builtins.open", f"+loss.inner.file={victim}", "+loss.inner.mode=w"])
     with pytest.raises(ConfigError, match=r"loss\.inner\._target_"):
-        po.train.train(cfg, tmp_path / "run")
+        po.run.job.train(cfg, tmp_path / "run")
     assert victim.read_text() == "keep me\n"
 
 
@@ -110,7 +110,7 @@ def test_target_in_other_groups_is_refused(tmp_path, group):
     cfg = compose_cfg([f"+{group}.sneaky._target_=builtins.open", f"+{group}.sneaky.file={victim}",
                        f"+{group}.sneaky.mode=w", "trainer.max_steps=1", "eval.before_training=false"])
     with pytest.raises(ConfigError, match=rf"{group}\.sneaky\._target_=builtins\.open"):
-        po.train.train(cfg, tmp_path / "run")
+        po.run.job.train(cfg, tmp_path / "run")
     assert victim.read_text() == "keep me\n"
 
 
@@ -139,11 +139,11 @@ def test_zero_step_run_is_refused_after_data_before_model(tmp_path, monkeypatch)
     def no_model(*args, **kwargs):
         raise AssertionError("the policy was loaded for a run that cannot train")
 
-    monkeypatch.setattr(po.train, "load_policy", no_model)
+    monkeypatch.setattr(po.run.job, "load_policy", no_model)
     cfg = compose_cfg(["data=jsonl", f"data.path={data}", "data.eval_fraction=0",
                        f"data.cache_dir={tmp_path / 'cache'}", "trainer.per_device_train_batch_size=8"])
     with pytest.raises(ConfigError) as exc:
-        po.train.train(cfg, tmp_path / "run")
+        po.run.job.train(cfg, tmp_path / "run")
     message = str(exc.value)
     assert "6 training pairs" in message and "0 steps" in message
     assert "trainer.dataloader_drop_last=false" in message and "per_device_train_batch_size" in message
@@ -153,7 +153,7 @@ def test_zero_step_run_is_refused_after_data_before_model(tmp_path, monkeypatch)
 
 def test_zero_step_check_counts_the_global_batch(tmp_path, monkeypatch):
     """12 pairs, 8 per device x 2 accumulation = 16 per optimizer step: refused; 2 processes of 4 x 1 = 8: fine."""
-    from po.validation import check_trains
+    from po.run.values import check_trains
 
     trainer = compose_cfg(["trainer.per_device_train_batch_size=8", "trainer.gradient_accumulation_steps=2"]).trainer
     with pytest.raises(ConfigError, match=r"12 training pairs .*global batch of 16"):

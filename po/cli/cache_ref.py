@@ -1,0 +1,73 @@
+"""`po-cache-ref` (= `python -m po.cli.cache_ref`): fill the reference log-prob cache ahead of a sweep.
+
+Takes the same overrides as `po-train`; the runs that later use `reference=cached` with the same model, tokenizer,
+data and tokenization settings read the values instead of loading a reference model.
+
+Examples:
+    po-cache-ref data=jsonl data.path=prefs.jsonl data.max_length=1024
+    po-cache-ref model=hf model.name_or_path=Qwen/Qwen2.5-0.5B-Instruct reference.dir=/shared/po-cache
+    po-train -m reference=cached reference.dir=/shared/po-cache loss=dpo,ipo loss.beta=0.05,0.1
+
+A file already there is verified by its checksum; a damaged one is recomputed and replaced. A file that cannot be
+written (disk full, read-only folder) is one `po-cache-ref: error:` line naming it, and no partial file is left.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig
+
+from po.config import build_loss, conf_dir, validate
+from po.errors import ConfigError, POError
+
+log = logging.getLogger("po")
+
+
+def fill_reference_cache(cfg: DictConfig) -> dict[str, Any]:
+    """Compute (on a miss) and store the reference values for `cfg`; returns path, hit and pair count."""
+    import torch
+    from transformers import set_seed
+
+    from po.data.load import load_preference_data
+    from po.models.policy import load_tokenizer
+    from po.run.refcache import reference_from_cache
+
+    if cfg.reference.strategy != "cached":
+        raise ConfigError(f"po-cache-ref fills the cache of reference=cached; got reference={cfg.reference.strategy}")
+    validate(cfg)
+    if not build_loss(cfg).needs_reference:
+        raise ConfigError(f"{cfg.loss._target_} needs no reference values; there is nothing to cache")
+    set_seed(cfg.seed)
+    tokenizer = load_tokenizer(cfg.model)
+    data = load_preference_data(cfg.data, tokenizer, cfg.seed)
+    device = "cuda" if torch.cuda.is_available() and not cfg.trainer.get("use_cpu") else "cpu"
+    reference, facts = reference_from_cache(cfg, tokenizer, data, None, device,
+                                            cfg.trainer.per_device_eval_batch_size, cfg.trainer.logps_chunk_size,
+                                            must_write=True)  # writing the file is this command's whole job
+    facts["pairs"] = len(reference.index)
+    return facts
+
+
+@hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="train")
+def _main(cfg: DictConfig) -> None:
+    try:
+        facts = fill_reference_cache(cfg)
+    except POError as exc:
+        print(f"po-cache-ref: error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    state = "already cached" if facts["hit"] else "written"
+    print(f"po-cache-ref: {facts['pairs']} pairs {state}: {facts['path']}")
+
+
+def main() -> None:
+    if not any(arg.startswith(("reference=", "+reference=")) for arg in sys.argv[1:]):
+        sys.argv.append("reference=cached")  # the cache this command fills is the one reference=cached reads
+    _main()
+
+
+if __name__ == "__main__":
+    main()

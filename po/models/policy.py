@@ -1,0 +1,126 @@
+"""Build the tokenizer, the policy, and (when asked) a frozen reference copy from the `model` config group.
+
+`model=tiny` builds a small random-initialized causal LM from a config (any architecture transformers knows, Llama
+by default) with the shipped tokenizer: no network. `model=hf` loads any Hugging Face causal LM by id or path.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+
+from po.errors import POError
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+          "float16": torch.float16, "fp16": torch.float16}
+
+
+def torch_dtype(name: str) -> torch.dtype | str:
+    if name == "auto":
+        return "auto"
+    if name not in DTYPES:
+        raise POError(f"model.dtype={name}: use one of auto, {', '.join(DTYPES)}")
+    return DTYPES[name]
+
+
+def _offline_hint(kind: str, name: str, exc: Exception) -> POError:
+    offline = os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("TRANSFORMERS_OFFLINE") == "1"
+    reason = "offline mode is set (HF_HUB_OFFLINE)" if offline else "the Hugging Face Hub could not be reached"
+    return POError(
+        f"{kind} '{name}' was not found as a local folder or in the Hugging Face cache, and {reason}. "
+        f"Download it on a machine with network access (then it is read from the cache) or pass a local path. "
+        f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]})"
+    )
+
+
+def load_tokenizer(cfg: DictConfig):
+    """The shipped tiny tokenizer for `model=tiny`, else the model's own (or `model.tokenizer_name_or_path`)."""
+    if cfg.kind == "tiny" and not cfg.get("tokenizer_name_or_path"):
+        from po.models.tokenizer import load_tiny_tokenizer
+
+        tokenizer = load_tiny_tokenizer()
+    else:
+        name = cfg.get("tokenizer_name_or_path") or cfg.name_or_path
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(name, revision=cfg.get("revision"),
+                                                      trust_remote_code=cfg.get("trust_remote_code", False))
+        except (OSError, ValueError) as exc:
+            raise _offline_hint("tokenizer", name, exc) from exc
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def build_tiny_model(cfg: DictConfig, tokenizer, seed: int) -> PreTrainedModel:
+    """A random-initialized model of `cfg.architecture` with `cfg.config` sizes; deterministic given `seed`."""
+    sizes = OmegaConf.to_container(cfg.config, resolve=True)
+    config = AutoConfig.for_model(
+        cfg.architecture, vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, **sizes,
+    )
+    if cfg.get("attn_implementation"):
+        config._attn_implementation = cfg.attn_implementation
+    def build() -> PreTrainedModel:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return AutoModelForCausalLM.from_config(config, dtype=torch_dtype(cfg.dtype))
+
+    model = build()
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    if is_deepspeed_zero3_enabled():  # same seed, same weights with or without ZeRO-3
+        from po.models.zero import copy_plain_init
+
+        copy_plain_init(model, build)
+    return model
+
+
+def load_policy(cfg: DictConfig, tokenizer, seed: int, **load_kwargs) -> PreTrainedModel:
+    """The policy model as the `model` group describes it (PEFT is applied later, in `po.models.peft`).
+
+    `load_kwargs` go to `from_pretrained` (e.g. the 4-bit `quantization_config` of `peft=qlora`).
+    """
+    if cfg.kind == "tiny":
+        model = build_tiny_model(cfg, tokenizer, seed)
+    else:
+        kwargs = {"dtype": torch_dtype(cfg.dtype), "revision": cfg.get("revision"),
+                  "trust_remote_code": cfg.get("trust_remote_code", False), **load_kwargs}
+        if cfg.get("attn_implementation"):
+            kwargs["attn_implementation"] = cfg.attn_implementation
+        try:
+            model = AutoModelForCausalLM.from_pretrained(cfg.name_or_path, **kwargs)
+        except (OSError, ValueError) as exc:
+            raise _offline_hint("model", cfg.name_or_path, exc) from exc
+    if cfg.get("gradient_checkpointing"):
+        enable_activation_checkpointing(model)
+        model.config.use_cache = False
+    return model
+
+
+def enable_activation_checkpointing(model: PreTrainedModel) -> None:
+    """Recompute activations in the backward pass (non-reentrant). transformers renamed gradient checkpointing to
+    activation checkpointing; the old method name now warns, so the new one is used where it exists."""
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.2x
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
+def load_reference(cfg: DictConfig, tokenizer, seed: int, policy: PreTrainedModel) -> PreTrainedModel:
+    """A frozen copy of the starting policy: rebuilt from the same source, so the weights are identical."""
+    if cfg.kind == "tiny":
+        ref = build_tiny_model(cfg, tokenizer, seed)
+    else:
+        ref = load_policy(OmegaConf.merge(cfg, {"gradient_checkpointing": False}), tokenizer, seed)
+    return ref.eval().requires_grad_(False)
+
+
+def count_parameters(model: torch.nn.Module) -> int:
+    return sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())  # ds_numel: full size under ZeRO-3

@@ -1,0 +1,145 @@
+"""`PreferenceTrainer`: `transformers.Trainer` with a preference loss in `compute_loss`.
+
+Everything else (DeepSpeed, accumulation, mixed precision, PEFT, checkpoints, schedules, logging backends) is the
+Trainer's own. This subclass adds: the pair step, metrics averaged over the global batch, tokens per second, and
+the same metrics on the held-out split with an `eval_` prefix.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import torch
+from transformers import Trainer, TrainerCallback
+
+from losses.base import PreferenceLoss
+from po.trainer.evaluation import loss_independent_metrics
+from po.trainer.loss_hooks import LossGradients, bind_loss_to_model, loss_param_groups
+from po.trainer.metrics import MetricAccumulator
+from po.trainer.reliable import ReliableTrainerMixin
+from po.step.pair_batch import ReferenceSource, pair_batch
+
+
+class PreferenceTrainer(ReliableTrainerMixin, Trainer):
+    def __init__(self, *args, loss_module: PreferenceLoss, reference: ReferenceSource | None = None,
+                 logps_chunk_size: int = 256, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.loss_module = loss_module
+        self.reference = reference
+        self.logps_chunk_size = logps_chunk_size
+        bind_loss_to_model(self.loss_module, self.model)  # e.g. SparsePO's mask network, sized from the model
+        self.loss_module.to(self.args.device)
+        self.add_callback(_LossStepCallback(self.loss_module))
+        self.add_callback(LossGradients(self.loss_module))  # averaged over ranks, cleared after each step
+        self.model_accepts_loss_kwargs = False  # our loss is a mean over pairs: let the Trainer divide by GA
+        self._metrics = {"train": MetricAccumulator(), "eval": MetricAccumulator()}
+        self._last_log = time.perf_counter()
+        self._local_train_tokens = 0.0
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        batch = pair_batch(model, inputs, self.loss_module, self.reference, self.logps_chunk_size)
+        out = self.loss_module(batch)
+        loss = out.per_pair.mean()
+        acc = self._metrics["train" if model.training else "eval"]
+        acc.add(out.metrics)
+        if not model.training:
+            acc.add(loss_independent_metrics(batch))
+        tokens = inputs["attention_mask"].sum()  # a tensor: no device sync on the hot path
+        acc.add_total("num_tokens", tokens)
+        if model.training:
+            self._local_train_tokens = self._local_train_tokens + tokens
+        return (loss, out) if return_outputs else loss
+
+    def _get_dataloader(self, dataset, description, batch_size, sampler_fn=None, is_training=False,
+                        dataloader_key=None):
+        """`dataloader_drop_last` is for training (full global batches); evaluation always sees every pair."""
+        if is_training or not self.args.dataloader_drop_last:
+            return super()._get_dataloader(dataset, description, batch_size, sampler_fn, is_training, dataloader_key)
+        self.args.dataloader_drop_last = False
+        try:
+            return super()._get_dataloader(dataset, description, batch_size, sampler_fn, is_training, dataloader_key)
+        finally:
+            self.args.dataloader_drop_last = True
+
+    def create_optimizer(self, *args, **kwargs):
+        """The Trainer's optimizer, plus the loss module's trainable parameters in their own group(s).
+
+        The Trainer clears only the model's gradients; `LossGradients` clears these after every step."""
+        optimizer = super().create_optimizer(*args, **kwargs)
+        present = {id(p) for group in optimizer.param_groups for p in group["params"]}
+        for group in loss_param_groups(self.loss_module, self.args.weight_decay):
+            if not any(id(p) in present for p in group["params"]):
+                optimizer.add_param_group(group)
+        return optimizer
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        inputs = self._prepare_inputs(inputs)
+        with torch.no_grad(), self.compute_loss_context_manager():
+            loss = self.compute_loss(model, inputs)
+        return loss.detach(), None, None
+
+    def evaluation_loop(self, *args, **kwargs):
+        self._metrics["eval"] = MetricAccumulator()
+        output = super().evaluation_loop(*args, **kwargs)
+        prefix = kwargs.get("metric_key_prefix", args[4] if len(args) > 4 else "eval")
+        reduced = self._metrics["eval"].reduce(totals={"num_tokens"})
+        reduced.pop("num_tokens", None)
+        output.metrics.update({f"{prefix}_{k}": v for k, v in reduced.items()})
+        return output
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "loss" in logs:  # a training logging step: every rank reaches this point together
+            reduced = self._metrics["train"].reduce(totals={"num_tokens"})
+            now = time.perf_counter()
+            tokens = reduced.pop("num_tokens", 0.0)
+            logs.update(reduced)
+            logs["tokens_per_second"] = tokens / max(now - self._last_log, 1e-9)
+            self._last_log = now
+        super().log(logs, start_time)
+
+    def _save(self, output_dir: str | None = None, state_dict=None) -> None:
+        """Save the model as the Trainer does, plus the loss module's state (LCPO's eta, a mask network).
+
+        Every rank calls this; as for the model, only the writer rank writes (the others may not have the folder)."""
+        super()._save(output_dir, state_dict)
+        if self.args.should_save:
+            save_loss_state(self.loss_module, output_dir or self.args.output_dir)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
+        load_loss_state(self.loss_module, resume_from_checkpoint)
+
+    def train_tokens(self) -> float:
+        """Tokens processed in training by all ranks (call on every rank: it all-reduces)."""
+        acc = MetricAccumulator()
+        acc.add_total("tokens", self._local_train_tokens)
+        return acc.reduce(totals={"tokens"}).get("tokens", 0.0)
+
+
+LOSS_STATE_FILE = "loss_state.pt"
+
+
+def save_loss_state(loss_module: torch.nn.Module, directory: str) -> None:
+    """Write `loss_state.pt` beside a checkpoint or the final model when the loss has parameters or buffers."""
+    state = loss_module.state_dict()
+    if state:
+        torch.save(state, os.path.join(directory, LOSS_STATE_FILE))
+
+
+def load_loss_state(loss_module: torch.nn.Module, directory: str) -> None:
+    path = os.path.join(directory, LOSS_STATE_FILE)
+    if os.path.isfile(path):
+        loss_module.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+
+
+class _LossStepCallback(TrainerCallback):
+    """Calls `loss_module.after_optimizer_step()` (if it has one) once per optimizer step, on every rank."""
+
+    def __init__(self, loss_module: torch.nn.Module):
+        self.loss_module = loss_module
+
+    def on_step_end(self, args, state, control, **kwargs):
+        hook = getattr(self.loss_module, "after_optimizer_step", None)
+        if hook is not None:
+            hook()
