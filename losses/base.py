@@ -1,8 +1,18 @@
-"""The loss contract every module in `losses/` implements.
+"""The loss contract every module in `losses/` implements, and everything the trainer may ask of a loss.
 
 The trainer builds one `PairBatch` per step from a single policy forward pass (and the reference values a loss
-asks for), calls the loss, and averages `LossOutput.per_pair` over the global batch. A loss never sees the model:
-it is a pure function of per-token log-probabilities and masks, so it can be tested without a trainer.
+asks for), calls the loss, and averages `LossOutput.per_pair` over the global batch. A loss never sees the model
+in its forward: it is a pure function of per-token log-probabilities and masks, so it can be tested without a
+trainer. What else the trainer does for a loss is declared here, on `PreferenceLoss`, each with a no-op default:
+
+    needs_reference          False: no reference model is loaded or run (SimPO)
+    needs                    what the step computes for the loss, from the vocabulary below (NEEDS)
+    trains_parameters        True: the loss has parameters of its own to optimize (known before they exist)
+    bind_model(model)        build those parameters from the model's sizes (called once, before the optimizer)
+    bind_annotators(names)   the annotator ids of the training data, in index order (per-annotator weighting)
+    optimizer_param_groups(weight_decay)   their optimizer parameter groups
+    after_optimizer_step()   once per optimizer step, on every rank (an EM update of a weighting, say)
+    state_to_checkpoint() / load_checkpoint_state(state)   what is saved with checkpoints and the final model
 
 Shapes: `B` pairs; chosen tensors are `[B, Lc]` and rejected `[B, Lr]`, response-aligned (token 0 is the first
 response token), padded with zeros where the mask is False. Prompt and padding never appear in them.
@@ -12,9 +22,36 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Sequence
 
 import torch
+
+# The vocabulary of `PreferenceLoss.needs`: what a loss may ask the step to compute, beyond policy log-probs.
+# Extras arrive in `PairBatch.extras` under `<name>_chosen` / `<name>_rejected` (so `PairBatch.swapped()` exchanges
+# them). Hidden states and activations cover the response *span*: index k is the position that predicts response
+# token k, index k + 1 is token k's own position (a span is one longer than the response).
+TOKEN_LOGPS = "token_logps"
+TOKEN_KL = "token_kl"
+REF_HIDDEN_STATES = "ref_hidden_states"
+REF_LAST_HIDDEN_STATE = "ref_last_hidden_state"
+POLICY_HIDDEN_STATES = "policy_hidden_states"
+POLICY_LAST_HIDDEN_STATE = "policy_last_hidden_state"
+REF_ACTIVATIONS = "ref_activations"
+NEEDS: dict[str, str] = {
+    TOKEN_LOGPS: "per-token log-probs of the response tokens (policy, and reference unless reference-free); always",
+    TOKEN_KL: "full-vocabulary KL(p_ref || p_theta) at each response token, [B, L] (needs the live reference)",
+    REF_HIDDEN_STATES: "every layer's hidden states of the reference over the response span, [B, L+1, layers, H]",
+    REF_LAST_HIDDEN_STATE: "the reference's last-layer hidden states over the response span, [B, L+1, 1, H]",
+    POLICY_HIDDEN_STATES: "every layer's hidden states of the policy over the response span, detached",
+    POLICY_LAST_HIDDEN_STATE: "the policy's last-layer hidden states over the response span, detached",
+    REF_ACTIVATIONS: "the reference's attention and MLP output means per response-span position, [B, L+1, K]",
+}
+# Per-pair data columns the step passes through in `PairBatch.extras` when the data carries them.
+ANNOTATOR = "annotator"   # int annotator index; data.extra_columns.annotator (or the weighting's annotator column)
+UNSEEN_ANNOTATOR = -1     # the index of an annotator the training split does not have
+WEIGHT = "weight"         # float per-pair weight; data.extra_columns.weight
+ROW_IDS = "row_ids"       # the pair's row index in its split (for reports of bad steps)
+BATCH_COLUMNS = (ANNOTATOR, WEIGHT, ROW_IDS)
 
 
 @dataclass
@@ -98,17 +135,47 @@ class LossOutput:
 
 
 class PreferenceLoss(torch.nn.Module):
-    """Base class: a loss declares what it needs, and the trainer computes only that.
+    """Base class: a loss declares what it needs and what it owns; the trainer computes and calls only that.
 
-    needs_reference: False for reference-free losses (SimPO): the trainer then loads and runs no reference model.
-    needs: per-token inputs beyond policy log-probs, e.g. {"token_kl", "ref_hidden_states"}.
+    Class attributes (a subclass may set them per instance in `__init__`, before the trainer reads them):
+    needs_reference: False for reference-free losses (SimPO): no reference model is loaded or run.
+    needs: names from `NEEDS`; the step computes extras only when asked (the plain step is log-probs only).
+    trains_parameters: True when the loss optimizes parameters of its own (SparsePO's learned mask network). Known
+        at config time, before `bind_model` builds them (DeepSpeed runs refuse such a loss).
     """
 
     needs_reference: bool = True
-    needs: frozenset[str] = frozenset({"token_logps"})
+    needs: frozenset[str] = frozenset({TOKEN_LOGPS})
+    trains_parameters: bool = False
 
     def forward(self, batch: PairBatch) -> LossOutput:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def bind_model(self, model: torch.nn.Module) -> None:
+        """Called once with the (unwrapped) policy before the optimizer exists: build parameters sized from it."""
+
+    def bind_annotators(self, names: Sequence[str]) -> None:
+        """Called once before training when the data carries annotator ids (`data.extra_columns.annotator`): their
+        names, in the index order of `PairBatch.extras["annotator"]`."""
+
+    def optimizer_param_groups(self, weight_decay: float) -> list[dict[str, Any]]:
+        """The loss's trainable parameters as optimizer groups (the run's learning rate and schedule apply).
+        Default: one group with the trainer's `weight_decay`, or none when there is nothing to train."""
+        params = [p for p in self.parameters() if p.requires_grad]
+        return [{"params": params, "weight_decay": weight_decay}] if params else []
+
+    def after_optimizer_step(self) -> None:
+        """Called once after every optimizer step, on every rank (collectives are allowed here), also on a step the
+        NaN guard skipped (the loss's state is then restored afterwards)."""
+
+    def state_to_checkpoint(self) -> dict[str, Any]:
+        """What is saved beside every checkpoint and the final model (`loss_state.pt`): parameters and persistent
+        buffers by default. An empty dict writes no file."""
+        return self.state_dict()
+
+    def load_checkpoint_state(self, state: dict[str, Any]) -> None:
+        """Restore what `state_to_checkpoint` returned (on resume)."""
+        self.load_state_dict(state)
 
 
 def masked_sum(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -21,8 +21,8 @@ Hyperparameters:
         {0.55, 0.75, 0.9, 0.99}, 0.9 best.
     alpha: EMA rate of the eta update. Default 0.1; paper ablation 0.001..1, 0.1 best.
     annotator_column: a data column naming who labelled the pair; one eta per annotator. null = one global eta.
-    num_annotators / annotator_names: filled in by `po-train` from the training data when annotator_column is set.
-        Annotators unseen in training (index -1) use the mean of all etas.
+    num_annotators / annotator_names: for direct use; `po-train` calls `bind_annotators(names)` with the training
+        data's annotator ids instead. Annotators unseen in training (index -1) use the mean of all etas.
 
 Metrics: `lcpo/w_mean`, `lcpo/w_min` (smallest w of each micro-batch, averaged over the logging window),
 `lcpo/frac_w_below_half`, `lcpo/eta` (mean over annotators) and `lcpo/eta/<annotator>` when there are several,
@@ -40,10 +40,9 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from losses.base import LossOutput, PairBatch, PreferenceLoss
+from losses.base import ANNOTATOR, UNSEEN_ANNOTATOR, LossOutput, PairBatch, PreferenceLoss
 
 ETA_MIN, ETA_MAX = 1e-4, 1 - 1e-4
-UNSEEN_ANNOTATOR = -1
 
 
 def e_step(delta: torch.Tensor, eta: torch.Tensor) -> torch.Tensor:
@@ -75,30 +74,39 @@ class LCPOWeighting(PreferenceLoss):
             raise ValueError(f"weighting.annotator_names has {len(names)} names for {count} annotators")
         self.base = loss
         self.alpha = float(alpha)
+        self.eta_init = float(eta_init)
         self.annotator_column = annotator_column
         self.annotator_names = names
         self.needs_reference = loss.needs_reference
         self.needs = loss.needs
+        self.trains_parameters = loss.trains_parameters
         self.register_buffer("eta", torch.full((count,), float(eta_init), dtype=torch.float64))
         # Sums and counts of w since the last optimizer step (this rank's micro-batches); not checkpointed.
         self.register_buffer("w_sum", torch.zeros(count, dtype=torch.float64), persistent=False)
         self.register_buffer("w_count", torch.zeros(count, dtype=torch.float64), persistent=False)
 
-    def __getattr__(self, name: str):
-        """Attributes the wrapper lacks (e.g. a base loss's parameter groups) are the base loss's own."""
-        try:
-            return super().__getattr__(name)
-        except AttributeError:
-            base = self.__dict__.get("_modules", {}).get("base")
-            if name == "base" or base is None:
-                raise
-            return getattr(base, name)
+    # The contract (losses/base.py), delegated explicitly: LCPO owns eta; everything else is the base loss's.
+    def bind_model(self, model: torch.nn.Module) -> None:
+        self.base.bind_model(model)
+
+    def bind_annotators(self, names: Sequence[str]) -> None:
+        """One eta per annotator of the training data (names in index order), each starting at `eta_init`."""
+        if self.annotator_column is None:
+            return
+        names = [str(n) for n in names] or ["0"]
+        self.annotator_names = names
+        self.eta = torch.full((len(names),), self.eta_init, dtype=torch.float64, device=self.eta.device)
+        self.w_sum = torch.zeros(len(names), dtype=torch.float64, device=self.w_sum.device)
+        self.w_count = torch.zeros(len(names), dtype=torch.float64, device=self.w_count.device)
+
+    def optimizer_param_groups(self, weight_decay: float) -> list[dict]:
+        return self.base.optimizer_param_groups(weight_decay)  # eta is a buffer, updated by EM, not by the optimizer
 
     def annotator_index(self, batch: PairBatch) -> torch.Tensor | None:
         """`[B]` annotator indices (-1 = unseen), or None with one global eta."""
         if self.annotator_column is None:
             return None
-        ids = batch.extras.get("annotator")
+        ids = batch.extras.get(ANNOTATOR)
         if ids is None:
             raise ValueError(f"weighting.annotator_column={self.annotator_column}, but the batch carries no "
                              "annotator ids (is data.extra_columns.annotator set?)")
@@ -167,6 +175,4 @@ class LCPOWeighting(PreferenceLoss):
         self.eta.copy_(torch.where(seen, updated, self.eta).clamp(ETA_MIN, ETA_MAX))
         self.w_sum.zero_()
         self.w_count.zero_()
-        base_hook = getattr(self.base, "after_optimizer_step", None)
-        if base_hook is not None:
-            base_hook()
+        self.base.after_optimizer_step()

@@ -35,7 +35,9 @@ import logging
 import torch
 import torch.nn.functional as F
 
-from losses.base import LossOutput, PairBatch, PreferenceLoss, check_in_range, check_positive, common_metrics, masked_sum
+from losses.base import (POLICY_HIDDEN_STATES, POLICY_LAST_HIDDEN_STATE, REF_ACTIVATIONS, REF_HIDDEN_STATES,
+                         REF_LAST_HIDDEN_STATE, TOKEN_KL, TOKEN_LOGPS, LossOutput, PairBatch, PreferenceLoss,
+                         check_in_range, check_positive, common_metrics, masked_sum)
 from losses.token_masks import POSITIONS, MaskNetwork, activation_mask, select_position
 
 log = logging.getLogger(__name__)
@@ -64,12 +66,13 @@ class SparsePOLoss(PreferenceLoss):
         self.mask_input = _choice("mask_input", mask_input, ("reference", "policy"))
         self.mask_dropout = check_in_range("mask_dropout", mask_dropout, 0.0, 1.0)
         self.mask_weight_decay = check_in_range("mask_weight_decay", mask_weight_decay, 0.0, float("inf"))
-        self.feature_key = self.mask_input.replace("reference", "ref") + (
-            "_hidden_states" if self.mask_layers == "all" else "_last_hidden_state")
-        needs = {"token_logps", "token_kl"}
-        needs |= {self.feature_key} if mask == "learned" else {"ref_activations"} if mask == "activations" else set()
+        self.feature_key = {("reference", "all"): REF_HIDDEN_STATES, ("reference", "last"): REF_LAST_HIDDEN_STATE,
+                            ("policy", "all"): POLICY_HIDDEN_STATES,
+                            ("policy", "last"): POLICY_LAST_HIDDEN_STATE}[self.mask_input, self.mask_layers]
+        needs = {TOKEN_LOGPS, TOKEN_KL}
+        needs |= {self.feature_key} if mask == "learned" else {REF_ACTIVATIONS} if mask == "activations" else set()
         self.needs = frozenset(needs)
-        self.trains_parameters = mask == "learned"  # po: own optimizer group, not supported under DeepSpeed
+        self.trains_parameters = mask == "learned"  # its own optimizer group; DeepSpeed runs refuse it
         self.register_module("reward_mask_net", None)
         self.register_module("kl_mask_net", None)
         self._dead_batches = 0
@@ -84,8 +87,8 @@ class SparsePOLoss(PreferenceLoss):
         if not self.shared_mask:
             self.kl_mask_net = MaskNetwork(config.hidden_size, layers, self.mask_dropout)
 
-    def optimizer_param_groups(self) -> list[dict]:
-        """The mask networks' parameters with their own weight decay (added by po/trainer.py's create_optimizer)."""
+    def optimizer_param_groups(self, weight_decay: float) -> list[dict]:
+        """The mask networks' parameters with their own weight decay, `loss.mask_weight_decay` (not the trainer's)."""
         params = [p for p in self.parameters() if p.requires_grad]
         return [{"params": params, "weight_decay": self.mask_weight_decay}] if params else []
 

@@ -16,6 +16,7 @@ import contextlib
 import errno
 import json
 import os
+import re
 import shutil
 import uuid
 from pathlib import Path
@@ -53,6 +54,26 @@ def write_failure(path: str | os.PathLike, exc: BaseException) -> WriteError:
     if code is None and _nearly_full(Path(path)):
         code, reason = errno.ENOSPC, os.strerror(errno.ENOSPC)
     return WriteError(Path(path), reason, code)
+
+
+def _io_error_types() -> tuple[type[BaseException], ...]:
+    from safetensors import SafetensorError
+
+    return OSError, RuntimeError, SafetensorError  # torch.save: RuntimeError; safetensors: its own error
+
+
+def io_failure(path: str | os.PathLike, exc: BaseException) -> WriteError | None:
+    """The one-line `WriteError` naming `path` when `exc` is a failed write (disk full, quota, read-only,
+    permissions), else None: torch.save and safetensors report a full disk without an OSError."""
+    if not isinstance(exc, _io_error_types()):
+        return None
+    if isinstance(exc, OSError):
+        return write_failure(path, exc)
+    code = re.search(r"os error (\d+)", str(exc))  # safetensors: "I/O error: No space left on device (os error 28)"
+    if code:
+        return WriteError(Path(path), os.strerror(int(code[1])), int(code[1]))
+    failure = write_failure(path, exc)  # torch.save's RuntimeError: taken as a full disk when there is no space
+    return failure if failure.errno is not None else None
 
 
 def _nearly_full(path: Path) -> bool:

@@ -1,8 +1,5 @@
-"""Configuration helpers: where `conf/` lives, the one `instantiate` route, and `validate(cfg)`.
-
-`validate` runs before any model or data is loaded and turns every mistake it can see into one sentence that says
-what to change (a `ConfigError`, printed by the CLI without a traceback): crafted `_target_`s, bad values
-(`po.run.values`), TrainingArguments' own checks, and cross-group rules.
+"""Configuration: where `conf/` lives, the one `instantiate` route, the loss built from its groups, and the
+`trainer` group as `transformers.TrainingArguments` takes it. (`po.run.validate` checks a whole config.)
 
 Configs build only what they name: a `_target_` is accepted only where a group documents one (`loss` and
 `weighting`, a `losses.base.PreferenceLoss` class), it is resolved and checked before anything is called, and the
@@ -12,7 +9,6 @@ so `+loss.x._target_=builtins.open` or `loss._target_=torch.load` cannot run.
 
 from __future__ import annotations
 
-import dataclasses
 import importlib
 from importlib import resources
 from pathlib import Path
@@ -21,8 +17,9 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from losses.base import PreferenceLoss
 from po.errors import ConfigError
-from po.trainer.loss_hooks import loss_trains_parameters
+from po.value_specs import check_arguments
 
 # Keys of the `trainer` group that are po's own, not transformers.TrainingArguments fields.
 PO_TRAINER_KEYS = {"logps_chunk_size", "resume", "overwrite", "max_bad_steps", "checkpoint_checksums", "packing",
@@ -33,8 +30,6 @@ HYDRA_KEYS = {"_target_", "_args_", "_partial_", "_convert_", "_recursive_"}
 
 def _built_kinds() -> dict[str, type]:
     """The groups whose `_target_` po builds, and the class it must subclass (documented in their YAML)."""
-    from losses.base import PreferenceLoss
-
     return {"loss": PreferenceLoss, "weighting": PreferenceLoss}
 
 
@@ -132,8 +127,6 @@ def instantiate(node: DictConfig, group: str, **kwargs: Any) -> Any:
 
     The target and every argument are checked first (kind, names, types); nested `_target_`s are refused.
     """
-    from po.run.values import check_arguments
-
     values = OmegaConf.to_container(node, resolve=True)
     _refuse_hydra_keys({group: values})
     cls = _target_class(group, values.pop("_target_", None))
@@ -141,17 +134,18 @@ def instantiate(node: DictConfig, group: str, **kwargs: Any) -> Any:
     return cls(**values, **kwargs)
 
 
-def build_loss(cfg: DictConfig) -> Any:
-    """The configured loss, wrapped by the configured weighting (if any). Bad values raise `ConfigError`."""
+def build_loss(loss_cfg: DictConfig, weighting_cfg: DictConfig | None = None) -> PreferenceLoss:
+    """The loss the `loss` group names, wrapped by the `weighting` group's (if it names one). Bad values raise
+    `ConfigError`. Built once per command: `po.run.validate.validate` returns it."""
     try:
-        loss = instantiate(cfg.loss, "loss")
+        loss = instantiate(loss_cfg, "loss")
     except ConfigError:
         raise
     except Exception as exc:  # the constructor's own check (ValueError): report it in one line
-        raise ConfigError(_root_message(exc, f"loss ({cfg.loss.get('_target_', '?')})")) from exc
-    if cfg.weighting.get("_target_"):
+        raise ConfigError(_root_message(exc, f"loss ({loss_cfg.get('_target_', '?')})")) from exc
+    if weighting_cfg is not None and weighting_cfg.get("_target_"):
         try:
-            loss = instantiate(cfg.weighting, "weighting", loss=loss)
+            loss = instantiate(weighting_cfg, "weighting", loss=loss)
         except ConfigError:
             raise
         except Exception as exc:
@@ -167,20 +161,14 @@ def _root_message(exc: BaseException, what: str) -> str:
     return f"{what}: {message}"
 
 
-def training_argument_fields() -> set[str]:
-    from transformers import TrainingArguments
-
-    return {f.name for f in dataclasses.fields(TrainingArguments)}
-
-
-def trainer_kwargs(cfg: DictConfig) -> dict[str, Any]:
+def trainer_kwargs(trainer_cfg: DictConfig) -> dict[str, Any]:
     """The `trainer` group minus po's own keys, as `transformers.TrainingArguments` takes them.
 
     po resolves two things first: `save_strategy: auto` (and `eval_strategy: auto`) is "steps" when
     `save_steps` (`eval_steps`) is set and "no" otherwise, so setting the interval alone means saving; and without
     an accelerator there is no pinned memory to use, so `dataloader_pin_memory` is off (torch would warn).
     """
-    values = OmegaConf.to_container(cfg.trainer, resolve=True)
+    values = OmegaConf.to_container(trainer_cfg, resolve=True)
     kwargs = {k: v for k, v in values.items() if k not in PO_TRAINER_KEYS}
     for strategy, steps in (("save_strategy", "save_steps"), ("eval_strategy", "eval_steps")):
         if kwargs.get(strategy) == "auto":
@@ -190,56 +178,3 @@ def trainer_kwargs(cfg: DictConfig) -> dict[str, Any]:
     if not torch.accelerator.is_available():
         kwargs["dataloader_pin_memory"] = False
     return kwargs
-
-
-def validate(cfg: DictConfig) -> None:
-    """Check targets, values and cross-group rules before anything heavy is loaded; raise `ConfigError` with what
-    to change. Every entry point (po-train, po-cache-ref, recipes) runs it first."""
-    from po.run.distributed import quiet_unused_deepspeed
-    from po.run.values import check_training_arguments, check_values
-
-    missing = OmegaConf.missing_keys(cfg)
-    if missing:
-        raise ConfigError(f"missing required value(s): {', '.join(sorted(missing))}; set them on the command line, "
-                          f"e.g. {sorted(missing)[0]}=...")
-    classes = check_targets(cfg)
-    check_values(cfg, conf_dir(), classes)
-    unknown = set(cfg.trainer) - training_argument_fields() - PO_TRAINER_KEYS
-    if unknown:
-        raise ConfigError(f"trainer.{sorted(unknown)[0]} is not a transformers.TrainingArguments field "
-                          "(nor one of po's trainer keys); check the spelling")
-    mpl = cfg.data.get("max_prompt_length")
-    if mpl is not None and not mpl < cfg.data.max_length:
-        raise ConfigError(f"data.max_prompt_length={mpl}: must be between 1 and data.max_length-1 "
-                          f"(data.max_length={cfg.data.max_length}); or leave it out (default: half of max_length)")
-    check_training_arguments(trainer_kwargs(cfg))
-    quiet_unused_deepspeed(bool(cfg.deepspeed.get("config")))
-    from po.data.options import check_data_config
-
-    check_data_config(cfg.data)
-    loss = build_loss(cfg)
-    strategy = cfg.reference.strategy
-    if strategy not in {"auto", "model", "adapter", "none", "cached"}:
-        raise ConfigError(f"reference={strategy}: use one of auto, model, adapter, cached, none")
-    needs = set(getattr(loss, "needs", {"token_logps"}))
-    if strategy == "cached" and not needs <= {"token_logps"}:  # po.run.refcache stores token log-probs only
-        raise ConfigError(f"reference=cached stores only per-token reference log-probs, but {cfg.loss._target_} "
-                          f"also needs {sorted(needs - {'token_logps'})}; use reference=model (or adapter)")
-    peft = cfg.peft.get("method", "none")
-    if strategy in {"cached", "none"} and "token_kl" in getattr(loss, "needs", ()):
-        raise ConfigError(f"reference={strategy} cannot serve {cfg.loss._target_}: it needs the live reference "
-                          "model's full logits (the token KL over the whole vocabulary) and hidden states at every "
-                          "step, which cached log-probs do not contain; use reference=auto (or model/adapter)")
-    if cfg.deepspeed.get("config") and loss_trains_parameters(loss):
-        raise ConfigError(f"{cfg.loss._target_} trains its own parameters (a learned mask network) outside the model, "
-                          "and DeepSpeed's ZeRO optimizer takes only the parameters of the model in its engine (it "
-                          "fails at start-up on others); use deepspeed=none (DDP via torchrun works) or "
-                          "loss.mask=activations / loss.mask=none")
-    if strategy == "none" and loss.needs_reference:
-        raise ConfigError(f"{cfg.loss._target_} needs reference log-probs; use reference=auto (or model/adapter), "
-                          "or a reference-free loss such as loss=simpo")
-    if strategy == "adapter" and peft == "none":
-        raise ConfigError("reference=adapter needs a PEFT policy (peft=lora or peft=qlora); use reference=model")
-    from po.models.peft import validate_peft
-
-    validate_peft(cfg)

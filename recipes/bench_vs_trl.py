@@ -11,7 +11,7 @@ What it does: builds a random Llama-shaped model offline (vocab 32000, hidden 25
 word-level tokenizer whose tokens are `t0 ... tN`, writes two synthetic workloads of random tokens
 (W1: prompts 64-192, responses 64-256, max_length 512; W2: prompts 512-768, responses 32-128, max_length 1024),
 then trains the same steps on the same pairs in the same order with
-  - po:         `po.run.job.build_trainer` + `trainer.train()` (po-train's code path), reference=model;
+  - po:         `po.run.build.build_trainer` + `trainer.train()` (po-train's code path), reference=model;
   - po cached:  the same with reference=cached on a warm cache (filled beforehand, not timed);
   - TRL:        `trl.DPOTrainer` with a separate reference model, no precompute (its defaults otherwise, except
                 gradient checkpointing off, as in po).
@@ -136,7 +136,7 @@ def worker(args) -> dict:
 
         with initialize_config_dir(str(conf_dir()), version_base="1.3"):
             cfg = compose("train", overrides=po_overrides(args, wd, args.worker != "po"))
-        from po.run.job import build_trainer
+        from po.run.build import build_trainer
 
         trainer, _, facts = build_trainer(cfg, wd / f"run_{args.worker}_{args.workload}")
         if args.worker == "po_cached" and not facts["reference_cache"]["hit"]:

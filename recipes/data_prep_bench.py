@@ -2,7 +2,7 @@
 
 Run: python recipes/data_prep_bench.py [--rows 5000] [--num-proc 2]
 Writes a synthetic UltraFeedback-style JSONL (message lists, scores) to a temp folder and loads it through
-`po.data.load_preference_data` with the shipped tokenizer, as `po-train data=jsonl` would.
+`po.data.load.load_preference_data` with the shipped tokenizer, as `po-train data=jsonl` would.
 """
 
 from __future__ import annotations

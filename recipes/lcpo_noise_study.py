@@ -79,41 +79,31 @@ def run_one(base: str, lcpo: bool, flip_rate: float, regime: str, steps: int = 2
     import datasets
     from hydra import compose, initialize_config_dir
 
-    from po.config import build_loss, conf_dir, validate
-    from po.data.collate import PairCollator
-    from po.models.policy import load_policy, load_reference, load_tokenizer
-    from po.step.reference import FrozenModelReference, resolve_strategy
-    from po.run.job import training_arguments
-    from po.trainer.preference_trainer import PreferenceTrainer
+    from po.config import conf_dir
+    from po.data.load import PreferenceData
+    from po.data.quality import DataReport
+    from po.models.tokenizer import load_tokenizer
+    from po.run.build import build_trainer
+    from po.run.validate import validate
 
     overrides = BASE_LOSSES[base] + (["weighting=lcpo"] if lcpo else []) + [
         f"seed={seed}", f"trainer.max_steps={steps}", f"trainer.per_device_train_batch_size={batch}",
         "trainer.learning_rate=1e-3", "trainer.lr_scheduler_type=constant", "trainer.logging_steps=1000000",
-        "trainer.disable_tqdm=true", "trainer.report_to=none", "trainer.save_strategy=no"] + list(extra_overrides)
+        "trainer.disable_tqdm=true", "trainer.report_to=none", "trainer.save_strategy=no", "trainer.packing=false",
+        "eval.before_training=false"] + list(extra_overrides)
     with initialize_config_dir(str(conf_dir()), version_base="1.3"):
         cfg = compose("train", overrides=overrides)
-    validate(cfg)
+    loss = validate(cfg)
     n_train = steps * batch if regime == "stream" else REPEATED_SET
     train_records = make_pairs(n_train, flip_rate, seed)
     flipped = torch.tensor([r["flipped"] for r in train_records])
     eval_records = make_pairs(EVAL_PAIRS, 0.0, seed + 10_000)
     strip = lambda rs: [{k: v for k, v in r.items() if k != "flipped"} for r in rs]  # noqa: E731
-
-    tokenizer = load_tokenizer(cfg.model)
-    loss = build_loss(cfg)
-    strategy = resolve_strategy(cfg.reference.strategy, loss.needs_reference, "none")
-    policy = load_policy(cfg.model, tokenizer, cfg.seed)
-    reference = FrozenModelReference(load_reference(cfg.model, tokenizer, cfg.seed, policy)) \
-        if strategy == "model" else None
+    data = PreferenceData(datasets.Dataset.from_list(strip(train_records)),
+                          datasets.Dataset.from_list(strip(eval_records)),
+                          reports={"train": DataReport(), "eval": DataReport()})
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
-        args = training_arguments(cfg, Path(tmp))
-        trainer = PreferenceTrainer(
-            model=policy, args=args, train_dataset=datasets.Dataset.from_list(strip(train_records)),
-            eval_dataset=datasets.Dataset.from_list(strip(eval_records)),
-            data_collator=PairCollator(tokenizer.pad_token_id), processing_class=tokenizer, loss_module=loss,
-            reference=reference, logps_chunk_size=cfg.trainer.logps_chunk_size)
-        if reference is not None:
-            reference.model.to(args.device)
+        trainer, _, _ = build_trainer(cfg, Path(tmp), data=data, loss=loss, tokenizer=load_tokenizer(cfg.model))
         seen: list[tuple[int, torch.Tensor, torch.Tensor]] = []  # (step, row ids, w) of training forwards
         trace = None
         if lcpo:

@@ -27,9 +27,9 @@ from transformers import AutoConfig, AutoModelForCausalLM
 
 from losses.sparsepo import SparsePOLoss
 from po.step.extras import compute_with_extras
-from po.trainer.loss_hooks import bind_loss_to_model, loss_param_groups
-from po.step.reference import FrozenModelReference
 from po.step.pair_batch import pair_loss
+from po.step.reference import FrozenModelReference
+from po.trainer.loss_hooks import loss_param_groups
 
 VOCAB, GOOD, BAD, FILLER_START = 64, 3, 4, 8
 PROMPT, RESPONSE = 4, 12
@@ -70,7 +70,7 @@ def run(mask: str, position: str, l1: float, seed: int, pairs: int, batch_size: 
     ref_model.load_state_dict(policy.state_dict())
     reference = FrozenModelReference(ref_model)
     loss = SparsePOLoss(beta=0.1, lambda_u=l1, lambda_d=l1, mask=mask, mask_position=position)
-    bind_loss_to_model(loss, policy)
+    loss.bind_model(policy)
     groups = [{"params": list(policy.parameters()), "weight_decay": 0.0}] + loss_param_groups(loss, 0.0)
     optimizer = torch.optim.AdamW(groups, lr=1e-3)
     generator = torch.Generator().manual_seed(1000 + seed)

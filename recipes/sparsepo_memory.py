@@ -4,8 +4,8 @@ Run:  PYTHONPATH=. python recipes/sparsepo_memory.py [--vocab 32000 --hidden 256
       (CPU: peak resident memory of a fresh subprocess per variant; CUDA: torch.cuda.max_memory_allocated)
 
 The model is vocab-heavy (a tiny Llama with a 32k vocabulary), so memory is dominated by logits: DPO computes
-response log-probs chunk by chunk (po/logprobs.py); SparsePO additionally needs the full-vocabulary token KL against
-the reference, computed in checkpointed chunks (po/token_kl.py); the naive variant materializes both models' fp32
+response log-probs chunk by chunk (po/step/logprobs.py); SparsePO additionally needs the full-vocabulary token KL against
+the reference, computed in checkpointed chunks (po/step/token_kl.py); the naive variant materializes both models' fp32
 `[B, T, V]` log-probs. Each variant runs forward + backward once after a warm-up step; the figure is the peak above
 the memory held before the step (models, inputs). Goal: SparsePO <= 1.5x the DPO step.
 """
@@ -37,9 +37,8 @@ def measure(variant: str, args) -> dict:
 
     from losses.dpo import DPOLoss
     from losses.sparsepo import SparsePOLoss
-    from po.trainer.loss_hooks import bind_loss_to_model
-    from po.step.reference import FrozenModelReference
     from po.step.pair_batch import pair_loss
+    from po.step.reference import FrozenModelReference
     from po.step.token_kl import naive_token_kl
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -70,7 +69,7 @@ def measure(variant: str, args) -> dict:
 
     loss = {"dpo": DPOLoss(), "sparsepo": SparsePOLoss(), "sparsepo_activations": SparsePOLoss(mask="activations")}.get(variant)
     if loss is not None:
-        bind_loss_to_model(loss, policy)
+        loss.bind_model(policy)
         loss.to(device)
 
     def step():

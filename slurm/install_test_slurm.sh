@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Install a one-node test Slurm (Debian packages) for the tests in tests/test_slurm*.py.
+# Install a one-node test Slurm (Debian packages) for the tests in tests/cluster/ (test_slurm.py, test_sweeps.py).
 # Run:   sudo bash slurm/install_test_slurm.sh        (Debian/Ubuntu, root; ~20 s; .ci/run calls it)
 # It only installs packages; tests/slurm_fixture.py writes the config and starts/stops the daemons per session.
 set -euo pipefail

@@ -1,44 +1,27 @@
-"""Shared test helpers: compose the real Hydra config (as `po-train` does) and run tiny jobs offline."""
+"""Test session settings: offline, quiet tokenizers, DeepSpeed's CPU accelerator; each test folder's marker.
+
+Helpers live in tests/helpers/ and are imported from there. Markers (registered in pyproject.toml, checked with
+--strict-markers) follow the folders: `unit`, `e2e`, `faults`, `cluster`, `recipes`; e.g. `-m "not cluster"`.
+"""
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig
-
-from po.config import conf_dir
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
-REPO = Path(__file__).resolve().parents[1]
-# Fast settings for end-to-end tests: few steps, no progress bars.
-FAST = ["trainer.max_steps=30", "trainer.logging_steps=5", "trainer.disable_tqdm=true"]
+TESTS = Path(__file__).resolve().parent
+FOLDER_MARKERS = ("unit", "e2e", "faults", "cluster", "recipes")
 
 
-def compose_cfg(overrides: list[str] = ()) -> DictConfig:
-    """The config `po-train OVERRIDES` would run (without Hydra's run-dir machinery)."""
-    with initialize_config_dir(str(conf_dir()), version_base="1.3"):
-        return compose("train", overrides=list(overrides))
-
-
-def run_train(run_dir: Path, overrides: list[str] = (), fast: bool = True) -> dict:
-    """Train into `run_dir` with the composed config; returns the summary."""
-    from po.run.job import train
-
-    return train(compose_cfg((FAST if fast else []) + list(overrides)), Path(run_dir))
-
-
-def read_metrics(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
-
-
-@pytest.fixture
-def tiny_cfg() -> DictConfig:
-    return compose_cfg(FAST)
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        folder = Path(str(item.fspath)).resolve().relative_to(TESTS).parts[0]
+        if folder in FOLDER_MARKERS:
+            item.add_marker(getattr(pytest.mark, folder))

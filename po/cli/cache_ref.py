@@ -19,34 +19,30 @@ import sys
 from typing import Any
 
 import hydra
+import torch
 from omegaconf import DictConfig
+from transformers import set_seed
 
-from po.config import build_loss, conf_dir, validate
+from po.config import conf_dir
 from po.errors import ConfigError, POError
+from po.models.tokenizer import load_tokenizer
+from po.run.build import load_data, open_reference_cache
+from po.run.validate import validate
 
 log = logging.getLogger("po")
 
 
 def fill_reference_cache(cfg: DictConfig) -> dict[str, Any]:
     """Compute (on a miss) and store the reference values for `cfg`; returns path, hit and pair count."""
-    import torch
-    from transformers import set_seed
-
-    from po.data.load import load_preference_data
-    from po.models.policy import load_tokenizer
-    from po.run.refcache import reference_from_cache
-
     if cfg.reference.strategy != "cached":
         raise ConfigError(f"po-cache-ref fills the cache of reference=cached; got reference={cfg.reference.strategy}")
-    validate(cfg)
-    if not build_loss(cfg).needs_reference:
+    if not validate(cfg).needs_reference:
         raise ConfigError(f"{cfg.loss._target_} needs no reference values; there is nothing to cache")
     set_seed(cfg.seed)
     tokenizer = load_tokenizer(cfg.model)
-    data = load_preference_data(cfg.data, tokenizer, cfg.seed)
+    data = load_data(cfg, tokenizer)
     device = "cuda" if torch.cuda.is_available() and not cfg.trainer.get("use_cpu") else "cpu"
-    reference, facts = reference_from_cache(cfg, tokenizer, data, None, device,
-                                            cfg.trainer.per_device_eval_batch_size, cfg.trainer.logps_chunk_size,
+    reference, facts = open_reference_cache(cfg, tokenizer, data, None, device, cfg.trainer.per_device_eval_batch_size,
                                             must_write=True)  # writing the file is this command's whole job
     facts["pairs"] = len(reference.index)
     return facts

@@ -19,6 +19,9 @@ from omegaconf import DictConfig
 
 from po.config import conf_dir
 from po.errors import POError
+from po.models.tokenizer import load_tokenizer
+from po.run.build import load_data
+from po.run.validate import validate
 
 BOUNDARY = "⟦|⟧"  # printed between the prompt and the response
 
@@ -38,11 +41,8 @@ def format_example(tokenizer, record: dict, where: str, index: int) -> str:
 
 def report(cfg: DictConfig) -> str:
     """The text `po-data` prints for the composed config `cfg`."""
-    from po.data.load import load_preference_data
-    from po.models.policy import load_tokenizer
-
     tokenizer = load_tokenizer(cfg.model)
-    data = load_preference_data(cfg.data, tokenizer, cfg.seed)
+    data = load_data(cfg, tokenizer)
     out = []
     for split, rep in data.reports.items():
         if split == "train" or rep.rows:
@@ -58,8 +58,6 @@ def report(cfg: DictConfig) -> str:
 
 @hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="train")
 def _main(cfg: DictConfig) -> None:
-    from po.config import validate
-
     try:
         validate(cfg)
         print(report(cfg))

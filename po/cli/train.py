@@ -21,20 +21,20 @@ from omegaconf import DictConfig
 
 from po.atomic import write_text_atomic
 from po.config import conf_dir
-from po.run.distributed import is_main_process
 from po.errors import POError
+from po.run.distributed import is_main_process, require_pinned_run_dir
+from po.run.job import train
 from po.run.jobfiles import snapshot_job_files, write_job_configs
 from po.run.launch import prepare_submitit_job, requeue_if_preempted
-from po.trainer.preemption import TrainingPreempted
 from po.run.lock import RunDirRefused
+from po.run.paths import RunPaths
+from po.trainer.preemption import TrainingPreempted
 
 log = logging.getLogger("po")
 
 
 @hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="train")
 def _main(cfg: DictConfig) -> float | None:
-    from po.run.job import train
-
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     job_files = snapshot_job_files(cfg)  # Hydra's .hydra/ files: po writes them once the run dir is claimed
@@ -52,7 +52,7 @@ def _main(cfg: DictConfig) -> float | None:
             # let Hydra record the failure and go on with the other runs; a refused start leaves the dir untouched
             if not isinstance(exc, RunDirRefused) and is_main_process():
                 write_job_configs(run_dir, job_files)
-                write_text_atomic(run_dir / "error.txt", f"{type(exc).__name__}: {exc}\n")
+                write_text_atomic(RunPaths(run_dir).error, f"{type(exc).__name__}: {exc}\n")
             raise
         if not isinstance(exc, POError):
             raise
@@ -62,8 +62,6 @@ def _main(cfg: DictConfig) -> float | None:
 
 
 def main() -> None:
-    from po.run.distributed import require_pinned_run_dir
-
     try:
         require_pinned_run_dir(sys.argv[1:])
     except POError as exc:

@@ -15,64 +15,36 @@ on with the table in memory, and the partial entry is removed.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from pathlib import Path
 from typing import Any
 
 from po.atomic import WriteError, staged_dir
+from po.fingerprint import folder_manifest, manifest_problem
 
 log = logging.getLogger(__name__)
 
 MANIFEST = "po_manifest.json"
-_BLOCK = 1 << 23
-
-
-def file_sha256(path: Path) -> str:
-    """sha256 of a file's bytes, read in blocks (memory stays flat for a file of any size)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(_BLOCK):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _files(folder: Path) -> dict[str, Path]:
-    return {str(p.relative_to(folder)): p for p in sorted(folder.rglob("*")) if p.is_file() and p.name != MANIFEST}
 
 
 def seal(folder: Path) -> None:
     """Write the manifest of `folder` (size and sha256 of every file); it is the last file an entry gets."""
-    files = {name: {"size": path.stat().st_size, "sha256": file_sha256(path)} for name, path in _files(folder).items()}
     # a plain write: `folder` is still the staged copy, which only becomes visible whole (po.atomic.staged_dir)
+    files = folder_manifest(folder, skip=(MANIFEST,))
     (folder / MANIFEST).write_text(json.dumps({"format": 1, "files": files}, indent=1))
 
 
 def problem(folder: Path) -> str | None:
     """None when every file of the entry `folder` matches its manifest, else what is wrong (a phrase)."""
     try:
-        manifest = json.loads((folder / MANIFEST).read_text())
-        listed: dict[str, Any] = manifest["files"]
+        listed: dict[str, Any] = json.loads((folder / MANIFEST).read_text())["files"]
     except FileNotFoundError:
         return "has no checksum manifest (written by an older po, or damaged)"
     except (OSError, ValueError, KeyError, TypeError) as exc:
         return f"has an unreadable manifest ({type(exc).__name__})"
-    present = _files(folder)
-    for name in sorted(set(listed) | set(present)):
-        if name not in present:
-            return f"is missing {name}"
-        if name not in listed:
-            return f"holds {name}, which its manifest does not list"
-        try:
-            size = present[name].stat().st_size
-            if size != listed[name]["size"]:
-                return f"has {name} of {size} bytes, the manifest says {listed[name]['size']} (truncated or changed)"
-            if file_sha256(present[name]) != listed[name]["sha256"]:
-                return f"has {name} that does not match its sha256 (corrupted)"
-        except OSError as exc:
-            return f"has {name} that cannot be read ({exc.strerror or type(exc).__name__})"
-    return None
+    found = manifest_problem(folder, listed, skip=(MANIFEST,))
+    return None if found is None else f"is damaged: {found}"
 
 
 def load(folder: Path):

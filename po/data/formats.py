@@ -29,7 +29,6 @@ from po.errors import DataError
 
 FORMATS = ("auto", "explicit", "implicit", "ultrafeedback")
 HH_ASSISTANT = "\n\nAssistant:"
-HH_HUMAN = "\n\nHuman:"
 
 # Drop reasons: the report's issue classes decided at normalization time (po/data/report.py names them).
 EMPTY = "empty"

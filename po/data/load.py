@@ -1,9 +1,10 @@
-"""Preference data: read rows, normalize to pairs, tokenize once (cached), split, mix, and report what was dropped.
+"""Preference data, from the `data` group to train and held-out sets: read, normalize, tokenize (cached), split, mix,
+and report what was dropped.
 
 Flow: sources (po/data/sources.py) -> every row normalized and tokenized once per source (po/data/prepare.py, with
 po/data/formats.py and po/data/tokenize.py) -> train/eval split and mixture weights by row index -> validation
-report and length statistics (po/data/report.py) -> `datasets.Dataset`s of prompt_ids, chosen_ids, rejected_ids,
-row_id and carried columns (annotator, weight), batched by `PairCollator`.
+report and length statistics (po/data/quality.py) -> `datasets.Dataset`s of prompt_ids, chosen_ids, rejected_ids,
+row_id and carried columns (annotator, weight), batched by po/data/collate.py.
 """
 
 from __future__ import annotations
@@ -16,16 +17,15 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from po.data.annotators import UNSEEN
-from po.data.collate import PairCollator
+from losses.base import UNSEEN_ANNOTATOR
 from po.data.options import Source, check_data_config, sources_of
 from po.data.prepare import tokenize_source
 from po.data.quality import DataReport, length_stats, strict_error
 from po.data.sources import read_rows
+from po.errors import POError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DataReport", "PairCollator", "PreferenceData", "check_data_config", "load_preference_data"]
 INTERNAL_COLUMNS = ["status", "field", "where", "truncated", "extra"]
 
 
@@ -52,11 +52,12 @@ def _prepare(src: Source, rows, tokenizer, cfg: DictConfig):
                            use_cache=cfg.get("cache", True))
 
 
-def _select_sources(cfg: DictConfig, tokenizer, seed: int) -> tuple[dict[str, list], dict[str, set]]:
+def _select_sources(cfg: DictConfig, tokenizer, seed: int,
+                    carry: dict[str, str] | None) -> tuple[dict[str, list], dict[str, set]]:
     """Per split, the (tokenized table, row indices) of every source, and the cache states seen."""
     parts: dict[str, list] = {"train": [], "eval": []}
     caches: dict[str, set] = {"train": set(), "eval": set()}
-    for src in sources_of(cfg):
+    for src in sources_of(cfg, carry):
         rows = read_rows(src.path, src.name, src.split)
         if src.max_rows:
             rows = rows[: src.max_rows]
@@ -117,19 +118,22 @@ def _finish(table, extras: list[dict[str, Any]], annotator_ids: dict[str, int] |
     for key in sorted({k for e in extras for k in e}):
         values = [e[key] for e in extras]
         if key == "annotator" and annotator_ids is not None:
-            values = [annotator_ids.get(str(v), UNSEEN) for v in values]
+            values = [annotator_ids.get(str(v), UNSEEN_ANNOTATOR) for v in values]
         elif key == "weight":
             values = [float(v) for v in values]
         table = table.add_column(key, values)
     return table
 
 
-def load_preference_data(cfg: DictConfig, tokenizer, seed: int) -> PreferenceData:
-    """Build the train and held-out sets that `cfg` (the `data` group) describes; log the validation report."""
+def load_preference_data(cfg: DictConfig, tokenizer, seed: int, carry: dict[str, str] | None = None) -> PreferenceData:
+    """Build the train and held-out sets that `cfg` (the `data` group) describes; log the validation report.
+
+    `carry`: extra columns another group asks for, e.g. {"annotator": "labeler"} for `weighting.annotator_column`
+    (merged with `data.extra_columns`; the config is not changed)."""
     import datasets
 
     check_data_config(cfg)
-    parts, caches = _select_sources(cfg, tokenizer, seed)
+    parts, caches = _select_sources(cfg, tokenizer, seed, carry)
     bars = datasets.utils.are_progress_bars_disabled()
     datasets.utils.disable_progress_bars()  # only the tokenizing bar is worth showing
     try:
@@ -140,8 +144,6 @@ def load_preference_data(cfg: DictConfig, tokenizer, seed: int) -> PreferenceDat
 
 
 def _assemble(cfg: DictConfig, parts: dict[str, list], caches: dict[str, set]) -> PreferenceData:
-    from po.errors import POError
-
     splits, reports, wheres, extras = {}, {}, {}, {}
     for split in ("train", "eval"):
         splits[split], reports[split], wheres[split] = _build_split(parts[split], caches[split])

@@ -47,9 +47,14 @@ def format_options(values: dict[str, Any]) -> FormatOptions:
     return FormatOptions(values.get("format") or "auto", columns, extra, None if margin is None else float(margin))
 
 
-def sources_of(cfg: DictConfig) -> list[Source]:
-    """The top-level source, or the `data.mixture` entries (each inheriting the group's format options)."""
+def sources_of(cfg: DictConfig, carry: dict[str, str] | None = None) -> list[Source]:
+    """The top-level source, or the `data.mixture` entries (each inheriting the group's format options).
+
+    `carry`: batch name -> column of extra columns another group asks for (the weighting's annotator column), added
+    to `data.extra_columns`; the `data` config itself is never changed."""
     group = _plain(cfg)
+    if carry:
+        group["extra_columns"] = {**(group.get("extra_columns") or {}), **carry}
     entries = group.get("mixture") or [{"path": group.get("path"), "weight": 1.0, "name": group.get("name"),
                                          "split": group.get("split"), "eval_path": group.get("eval_path"),
                                          "eval_split": group.get("eval_split")}]
@@ -84,7 +89,7 @@ def check_data_config(cfg: DictConfig) -> None:
                                   f"use {', '.join(sorted(MIXTURE_KEYS))}")
             weight = entry.get("weight", 1.0)
             if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 < weight < math.inf:
-                raise ConfigError(f"data.mixture[{i}].weight={weight}: must be a finite number > 0 "
+                raise ConfigError(f"data.mixture[{i}].weight={weight}: must be a number > 0, and finite "
                                   "(1 = every row once, 0.5 = a random half, 2 = every row twice)")
             if (entry.get("format") or "auto") not in FORMATS:
                 raise ConfigError(f"data.mixture[{i}].format={entry.get('format')}: use one of {', '.join(FORMATS)}")

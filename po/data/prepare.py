@@ -29,6 +29,7 @@ from po.data.formats import Dropped, FormatOptions, normalize_row
 from po.data.pairs import Pair
 from po.data.sources import Row
 from po.data.tokenize import leading_special_ids, tokenize_pair, truncate
+from po.fingerprint import rows_fingerprint, tokenizer_fingerprint
 
 CACHE_VERSION = "2"  # 2: NaN, UTF-8, role and whitespace checks, the `field` column, checksummed entries
 # How many times rows were actually tokenized in this process (a cache hit leaves it unchanged); tests read it.
@@ -40,29 +41,6 @@ def default_cache_dir() -> Path:
         return Path(os.environ["PO_CACHE_DIR"]) / "tokenized"
     base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
     return base / "po" / "tokenized"
-
-
-def rows_fingerprint(rows: list[Row]) -> str:
-    h = hashlib.sha256()
-    for row, where in rows:
-        h.update(json.dumps([where, row], sort_keys=True, default=str).encode())
-        h.update(b"\n")
-    return h.hexdigest()
-
-
-def tokenizer_fingerprint(tokenizer) -> str:
-    """Hash of what decides token ids: vocabulary and merges, special tokens, chat template, leading specials."""
-    h = hashlib.sha256()
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is not None:
-        h.update(backend.to_str().encode())
-    else:
-        from datasets.fingerprint import Hasher
-
-        h.update(Hasher.hash(tokenizer).encode())
-    h.update(repr((type(tokenizer).__name__, tokenizer.chat_template, tokenizer.bos_token_id, tokenizer.eos_token_id,
-                   sorted(tokenizer.all_special_ids), leading_special_ids(tokenizer))).encode())
-    return h.hexdigest()
 
 
 STANDARD_ROLES = frozenset({"system", "user", "assistant"})

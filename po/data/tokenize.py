@@ -21,7 +21,7 @@ after it. The model must learn to emit the stop token; text a template puts afte
 A response that already ends in a special token (EOS or any added special token) gets no EOS after it. What is cut
 after the turn is whitespace only: a template that writes other text after the last turn (e.g. an EOS closing the
 whole conversation) keeps it.
-tests/test_data_templates.py pins these ids; tests/test_trl_parity.py pins how TRL's trainers differ (DPOTrainer
+tests/unit/data/test_data_templates.py pins these ids; tests/unit/losses/test_trl_parity.py pins how TRL's trainers differ (DPOTrainer
 keeps ChatML's newline, CPOTrainer adds `<|im_end|>` after it again).
 """
 

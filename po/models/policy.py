@@ -1,4 +1,4 @@
-"""Build the tokenizer, the policy, and (when asked) a frozen reference copy from the `model` config group.
+"""Build the policy and (when asked) a frozen reference copy from the `model` config group.
 
 `model=tiny` builds a small random-initialized causal LM from a config (any architecture transformers knows, Llama
 by default) with the shipped tokenizer: no network. `model=hf` loads any Hugging Face causal LM by id or path.
@@ -7,13 +7,14 @@ by default) with the shipped tokenizer: no network. `model=hf` loads any Hugging
 from __future__ import annotations
 
 import logging
-import os
 
 import torch
 from omegaconf import DictConfig, OmegaConf
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 
 from po.errors import POError
+from po.models.tokenizer import not_found
+from po.models.zero import copy_plain_init
 
 log = logging.getLogger(__name__)
 
@@ -27,34 +28,6 @@ def torch_dtype(name: str) -> torch.dtype | str:
     if name not in DTYPES:
         raise POError(f"model.dtype={name}: use one of auto, {', '.join(DTYPES)}")
     return DTYPES[name]
-
-
-def _offline_hint(kind: str, name: str, exc: Exception) -> POError:
-    offline = os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("TRANSFORMERS_OFFLINE") == "1"
-    reason = "offline mode is set (HF_HUB_OFFLINE)" if offline else "the Hugging Face Hub could not be reached"
-    return POError(
-        f"{kind} '{name}' was not found as a local folder or in the Hugging Face cache, and {reason}. "
-        f"Download it on a machine with network access (then it is read from the cache) or pass a local path. "
-        f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]})"
-    )
-
-
-def load_tokenizer(cfg: DictConfig):
-    """The shipped tiny tokenizer for `model=tiny`, else the model's own (or `model.tokenizer_name_or_path`)."""
-    if cfg.kind == "tiny" and not cfg.get("tokenizer_name_or_path"):
-        from po.models.tokenizer import load_tiny_tokenizer
-
-        tokenizer = load_tiny_tokenizer()
-    else:
-        name = cfg.get("tokenizer_name_or_path") or cfg.name_or_path
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(name, revision=cfg.get("revision"),
-                                                      trust_remote_code=cfg.get("trust_remote_code", False))
-        except (OSError, ValueError) as exc:
-            raise _offline_hint("tokenizer", name, exc) from exc
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
 
 
 def build_tiny_model(cfg: DictConfig, tokenizer, seed: int) -> PreTrainedModel:
@@ -75,8 +48,6 @@ def build_tiny_model(cfg: DictConfig, tokenizer, seed: int) -> PreTrainedModel:
     from transformers.integrations import is_deepspeed_zero3_enabled
 
     if is_deepspeed_zero3_enabled():  # same seed, same weights with or without ZeRO-3
-        from po.models.zero import copy_plain_init
-
         copy_plain_init(model, build)
     return model
 
@@ -96,7 +67,7 @@ def load_policy(cfg: DictConfig, tokenizer, seed: int, **load_kwargs) -> PreTrai
         try:
             model = AutoModelForCausalLM.from_pretrained(cfg.name_or_path, **kwargs)
         except (OSError, ValueError) as exc:
-            raise _offline_hint("model", cfg.name_or_path, exc) from exc
+            raise not_found("model", cfg.name_or_path, exc) from exc
     if cfg.get("gradient_checkpointing"):
         enable_activation_checkpointing(model)
         model.config.use_cache = False
@@ -104,13 +75,9 @@ def load_policy(cfg: DictConfig, tokenizer, seed: int, **load_kwargs) -> PreTrai
 
 
 def enable_activation_checkpointing(model: PreTrainedModel) -> None:
-    """Recompute activations in the backward pass (non-reentrant). transformers renamed gradient checkpointing to
-    activation checkpointing; the old method name now warns, so the new one is used where it exists."""
-    kwargs = {"use_reentrant": False}
-    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.2x
-        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
-    else:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    """Recompute activations in the backward pass (non-reentrant). transformers 5.23 renamed gradient checkpointing
+    to activation checkpointing (the old method name warns); pyproject.toml requires it."""
+    model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
 
 
 def load_reference(cfg: DictConfig, tokenizer, seed: int, policy: PreTrainedModel) -> PreTrainedModel:

@@ -1,4 +1,6 @@
-"""The small tokenizer shipped for offline runs and tests: byte-level BPE with a chat template.
+"""The tokenizer of the `model` group: the model's own (`model=hf`), or the small one shipped for offline runs.
+
+The shipped tokenizer is a byte-level BPE with a chat template.
 
 Byte-level means any text tokenizes (no unknown tokens), so the tiny model also runs on a user's own JSONL.
 The shipped files live in `po/assets/tiny_tokenizer/`; rebuild them with `python -m po.models.tokenizer` (deterministic
@@ -8,9 +10,14 @@ given the shipped toy data).
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
-from transformers import PreTrainedTokenizerFast
+from omegaconf import DictConfig
+from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+from po.data.toy import TOY_PATH
+from po.errors import POError
 
 TINY_TOKENIZER_DIR = Path(__file__).parents[1] / "assets" / "tiny_tokenizer"
 SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<unk>", "<|system|>", "<|user|>", "<|assistant|>"]
@@ -20,6 +27,33 @@ CHAT_TEMPLATE = (
     "{{ bos_token }}{% for message in messages %}<|{{ message['role'] }}|>\n{{ message['content'] }}{{ eos_token }}"
     "{% endfor %}{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
 )
+
+
+def load_tokenizer(cfg: DictConfig):
+    """The shipped tiny tokenizer for `model=tiny`, else the model's own (or `model.tokenizer_name_or_path`)."""
+    if cfg.kind == "tiny" and not cfg.get("tokenizer_name_or_path"):
+        tokenizer = load_tiny_tokenizer()
+    else:
+        name = cfg.get("tokenizer_name_or_path") or cfg.name_or_path
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(name, revision=cfg.get("revision"),
+                                                      trust_remote_code=cfg.get("trust_remote_code", False))
+        except (OSError, ValueError) as exc:
+            raise not_found("tokenizer", name, exc) from exc
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def not_found(kind: str, name: str, exc: Exception) -> POError:
+    """One line for a tokenizer or model that is neither a local folder nor in the Hugging Face cache."""
+    offline = os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("TRANSFORMERS_OFFLINE") == "1"
+    reason = "offline mode is set (HF_HUB_OFFLINE)" if offline else "the Hugging Face Hub could not be reached"
+    return POError(
+        f"{kind} '{name}' was not found as a local folder or in the Hugging Face cache, and {reason}. "
+        f"Download it on a machine with network access (then it is read from the cache) or pass a local path. "
+        f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]})"
+    )
 
 
 def build_tiny_tokenizer(corpus: list[str], vocab_size: int = 512) -> PreTrainedTokenizerFast:
@@ -48,8 +82,6 @@ def build_tiny_tokenizer(corpus: list[str], vocab_size: int = 512) -> PreTrained
 
 def toy_corpus() -> list[str]:
     """Every string of the shipped toy set, the tokenizer's training text."""
-    from po.data.toy import TOY_PATH
-
     texts = []
     for line in TOY_PATH.read_text().splitlines():
         row = json.loads(line)
@@ -60,8 +92,6 @@ def toy_corpus() -> list[str]:
 
 def load_tiny_tokenizer() -> PreTrainedTokenizerFast:
     """The shipped tokenizer (no network)."""
-    from transformers import AutoTokenizer
-
     return AutoTokenizer.from_pretrained(str(TINY_TOKENIZER_DIR))
 
 

@@ -17,12 +17,9 @@ import torch
 log = logging.getLogger(__name__)
 
 
-def zero_stage(trainer) -> int:
-    """The ZeRO stage of the trainer's DeepSpeed config; 0 without DeepSpeed."""
-    if not getattr(trainer, "is_deepspeed_enabled", False):
-        return 0
-    return int(trainer.accelerator.state.deepspeed_plugin.deepspeed_config.get("zero_optimization", {})
-               .get("stage", 0))
+def zero_stage(ds_config: dict | None) -> int:
+    """The ZeRO stage of a DeepSpeed config; 0 without one."""
+    return int(((ds_config or {}).get("zero_optimization") or {}).get("stage", 0))
 
 
 def inference_config(train_config: dict, model: torch.nn.Module) -> dict:
@@ -43,37 +40,17 @@ def inference_config(train_config: dict, model: torch.nn.Module) -> dict:
     return config
 
 
-def prepare_reference(model: torch.nn.Module, trainer) -> torch.nn.Module:
-    """The frozen reference as the trainer's DeepSpeed setup wants it: a ZeRO-3 inference engine, else as is."""
-    if zero_stage(trainer) != 3:
+def prepare_reference(model: torch.nn.Module, ds_config: dict | None, world_size: int) -> torch.nn.Module:
+    """The frozen reference as the run's DeepSpeed config (`TrainingArguments.hf_deepspeed_config.config`, its
+    `auto`s filled from the trainer group) wants it: a ZeRO-3 inference engine, else the model as is."""
+    if zero_stage(ds_config) != 3:
         return model
     import deepspeed
 
-    config = inference_config(trainer.accelerator.state.deepspeed_plugin.deepspeed_config, model)
-    engine, *_ = deepspeed.initialize(model=model, config=config)
-    log.info("reference model: DeepSpeed ZeRO-3 inference engine (sharded over %d ranks)", trainer.args.world_size)
+    engine, *_ = deepspeed.initialize(model=model, config=inference_config(ds_config, model))
+    log.info("reference model: DeepSpeed ZeRO-3 inference engine (sharded over %d ranks)", world_size)
     engine.eval()
     return engine
-
-
-def evaluate_at_train_begin(trainer) -> dict:
-    """Schedule the before-training evaluation for when the DeepSpeed training engine exists.
-
-    Evaluating before `train()` would make the Trainer build a separate DeepSpeed inference engine for the policy
-    (ZeRO-3 only; ZeRO-1/2 refuse) that `train()` then keeps instead of its training engine. Returns a dict that
-    is filled with the eval metrics as training starts.
-    """
-    from transformers import TrainerCallback
-
-    metrics: dict = {}
-
-    class _EvaluateOnce(TrainerCallback):
-        def on_train_begin(self, args, state, control, **kwargs):
-            if not metrics:
-                metrics.update(trainer.evaluate())
-
-    trainer.add_callback(_EvaluateOnce())
-    return metrics
 
 
 def copy_plain_init(model: torch.nn.Module, build) -> None:

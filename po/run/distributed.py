@@ -78,7 +78,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def deepspeed_cpu_state(cfg: DictConfig) -> dict[str, Any]:
+def deepspeed_cpu_state(deepspeed_cfg: DictConfig, ddp_backend: str | None) -> dict[str, Any]:
     """TrainingArguments kwargs for a DeepSpeed run on CPU (DS_ACCELERATOR=cpu, gloo); {} otherwise.
 
     accelerate only starts DeepSpeed's process group on a GPU backend, so here it is started with gloo in an
@@ -87,7 +87,7 @@ def deepspeed_cpu_state(cfg: DictConfig) -> dict[str, Any]:
     """
     import torch
 
-    if not cfg.deepspeed.get("config") or torch.cuda.is_available():
+    if not deepspeed_cfg.get("config") or torch.cuda.is_available():
         return {}
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
     if "RANK" not in os.environ:
@@ -98,7 +98,7 @@ def deepspeed_cpu_state(cfg: DictConfig) -> dict[str, Any]:
 
     os.environ["ACCELERATE_USE_DEEPSPEED"] = "true"
     try:
-        PartialState(backend=cfg.trainer.get("ddp_backend") or "gloo")
+        PartialState(backend=ddp_backend or "gloo")
     finally:
         del os.environ["ACCELERATE_USE_DEEPSPEED"]
     return {"accelerator_config": {"use_configured_state": True}}

@@ -18,8 +18,8 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from po.atomic import write_text_atomic
+from po.run.paths import RunPaths
 
-SUBDIR = ".hydra"
 HYDRA_FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"  # Hydra's default job log format
 
 
@@ -44,7 +44,7 @@ def snapshot_job_files(task_cfg: DictConfig) -> HydraJobFiles:
 def write_job_configs(run_dir: Path, files: HydraJobFiles) -> None:
     """Write `.hydra/*.yaml`, each atomically."""
     for name, text in files.configs.items():
-        write_text_atomic(Path(run_dir) / SUBDIR / name, text)
+        write_text_atomic(RunPaths(run_dir).hydra / name, text)
 
 
 def write_job_files(run_dir: Path, files: HydraJobFiles, fresh_log: bool = False) -> logging.Handler:

@@ -18,7 +18,7 @@ import subprocess
 from pathlib import Path
 
 from po.run.distributed import is_main_process
-from po.trainer.preemption import MARKER
+from po.run.paths import RunPaths
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ def requeue_if_preempted(run_dir: Path) -> None:
     As submitit's own requeue does: exiting by SystemExit writes no result file, so the sweep keeps waiting for
     the requeued job instead of taking the interrupted run as finished.
     """
-    if submitit_executor() != "slurm" or not (Path(run_dir) / MARKER).exists():
+    if submitit_executor() != "slurm" or not RunPaths(run_dir).preempted.exists():
         return
     if not is_main_process():
         return

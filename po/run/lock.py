@@ -34,13 +34,12 @@ import time
 from pathlib import Path
 from typing import Callable, Iterator, TypeVar
 
-from po.run.distributed import is_main_process, run_on_main
 from po.errors import ConfigError
+from po.run.distributed import is_main_process, run_on_main
+from po.run.paths import RunPaths
 
 log = logging.getLogger(__name__)
 
-LOCK_FILE = ".po-lock"
-FINISHED = "summary.json"   # written last by a run: its presence means the run is finished
 T = TypeVar("T")
 
 
@@ -50,9 +49,10 @@ class RunDirRefused(ConfigError):
 
 def refuse_finished(run_dir: Path, overwrite: bool) -> None:
     """Raise `RunDirRefused` when `run_dir` holds a finished run and `trainer.overwrite` is not true."""
-    if not overwrite and (Path(run_dir) / FINISHED).is_file():
+    summary = RunPaths(run_dir).summary
+    if not overwrite and summary.is_file():
         raise RunDirRefused(
-            f"run directory {run_dir} already holds a run ({FINISHED}): it holds a finished run that a later start "
+            f"run directory {run_dir} already holds a run ({summary.name}): it holds a finished run that a later start "
             "never changes; choose a new hydra.run.dir, or replace it with trainer.overwrite=true")
 
 
@@ -60,7 +60,7 @@ class RunLock:
     """The exclusive lock of one run directory, held while this object's file stays open."""
 
     def __init__(self, run_dir: Path):
-        self.path = Path(run_dir) / LOCK_FILE
+        self.path = RunPaths(run_dir).lock
         self._fd: int | None = None
 
     def acquire(self) -> RunLock:

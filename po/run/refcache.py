@@ -20,7 +20,7 @@ line naming it, treated as a miss, recomputed and replaced. Verifying a table co
 loading it (docs/performance.md). A file that cannot be written (disk full, read-only folder) is a warning for
 `po-train`, which goes on with the values in memory, and an error for `po-cache-ref`, whose job is to write it.
 
-Only losses whose `needs` are a subset of {"token_logps"} can use it (`po.config.validate` refuses the others).
+Only losses whose `needs` are a subset of {"token_logps"} can use it (`po.run.validate` refuses the others).
 """
 
 from __future__ import annotations
@@ -30,19 +30,22 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
 from po.atomic import WriteError, write_atomic
+from po.data.collate import KeyedCollator
 from po.errors import POError
+from po.fingerprint import json_sha256, pairs_fingerprint, sha256_files, tokenizer_fingerprint
+from po.step.layouts import batch_response_masks, batch_token_logps
+from po.step.reference import CachedReference
 
 log = logging.getLogger(__name__)
 
 CACHE_FORMAT = 1
 DEFAULT_DIR = "~/.cache/po/reference"
-SERVED_NEEDS = frozenset({"token_logps"})
 # data-group keys that only choose rows (the row fingerprint already covers them) or only say how to run (where the
 # tokenized data is cached, how many processes tokenize, what po-data prints, errors instead of drops)
 _ROW_SELECTION_KEYS = {"path", "name", "split", "eval_path", "eval_split", "eval_fraction", "max_rows",
@@ -50,41 +53,6 @@ _ROW_SELECTION_KEYS = {"path", "name", "split", "eval_path", "eval_split", "eval
 
 
 # --- identities -------------------------------------------------------------------------------------------------
-
-def pair_digest(prompt_ids: list[int], chosen_ids: list[int], rejected_ids: list[int]) -> int:
-    """A signed 64-bit content id of one tokenized pair (the lookup key of its cached values)."""
-    h = hashlib.blake2b(digest_size=8)
-    for part in (prompt_ids, chosen_ids, rejected_ids):
-        h.update(len(part).to_bytes(4, "little"))
-        h.update(torch.tensor(part, dtype=torch.int64).numpy().tobytes())
-    return int.from_bytes(h.digest(), "little", signed=True)
-
-
-def data_fingerprint(datasets: Iterable[Any]) -> str:
-    """Order-independent hash of the tokenized pairs of all splits (sorted pair digests)."""
-    digests = sorted(pair_digest(r["prompt_ids"], r["chosen_ids"], r["rejected_ids"])
-                     for ds in datasets if ds is not None for r in ds)
-    return hashlib.sha256(torch.tensor(digests, dtype=torch.int64).numpy().tobytes()).hexdigest()
-
-
-def tokenizer_fingerprint(tokenizer) -> str:
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    body = backend.to_str() if backend is not None else json.dumps(sorted(tokenizer.get_vocab().items()))
-    extra = {"class": type(tokenizer).__name__, "chat_template": getattr(tokenizer, "chat_template", None),
-             "special": {k: str(v) for k, v in sorted(tokenizer.special_tokens_map.items())},
-             "ids": [tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id]}
-    return hashlib.sha256((body + json.dumps(extra, sort_keys=True, default=str)).encode()).hexdigest()
-
-
-def _hash_files(files: list[Path]) -> str:
-    h = hashlib.sha256()
-    for f in sorted(files):
-        h.update(f.name.encode())
-        with open(f, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 23), b""):
-                h.update(block)
-    return h.hexdigest()
-
 
 def _model_dir(cfg: DictConfig) -> Path:
     path = Path(os.path.expanduser(str(cfg.name_or_path)))
@@ -111,22 +79,22 @@ def model_fingerprint(cfg: DictConfig, seed: int) -> dict[str, Any]:
     folder = _model_dir(cfg)
     files = [f for f in folder.iterdir() if f.is_file() and (
         f.name == "config.json" or f.suffix in {".safetensors", ".bin", ".pt", ".pth"} or f.name.endswith(".index.json"))]
-    return {**common, "path": str(cfg.name_or_path), "files": _hash_files(files)}
+    return {**common, "path": str(cfg.name_or_path), "files": sha256_files(files)}
 
 
-def cache_key(cfg: DictConfig, tokenizer, datasets: Iterable[Any]) -> tuple[str, dict[str, Any]]:
-    """(hex key, the parts it hashes) for this config, tokenizer and tokenized data."""
-    data_settings = {k: v for k, v in OmegaConf.to_container(cfg.data, resolve=True).items()
+def cache_key(model_cfg: DictConfig, data_cfg: DictConfig, seed: int, tokenizer,
+              datasets: Iterable[Any]) -> tuple[str, dict[str, Any]]:
+    """(hex key, the parts it hashes) for this model, tokenizer, tokenized data and tokenization settings."""
+    data_settings = {k: v for k, v in OmegaConf.to_container(data_cfg, resolve=True).items()
                      if k not in _ROW_SELECTION_KEYS}
-    parts = {"format": CACHE_FORMAT, "model": model_fingerprint(cfg.model, cfg.seed),
-             "tokenizer": tokenizer_fingerprint(tokenizer), "data": data_fingerprint(datasets),
+    parts = {"format": CACHE_FORMAT, "model": model_fingerprint(model_cfg, seed),
+             "tokenizer": tokenizer_fingerprint(tokenizer), "data": pairs_fingerprint(datasets),
              "tokenization": data_settings}
-    key = hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:32]
-    return key, parts
+    return json_sha256(parts)[:32], parts
 
 
-def cache_dir(cfg: DictConfig) -> Path:
-    return Path(os.path.expanduser(str(cfg.reference.get("dir") or DEFAULT_DIR)))
+def cache_dir(reference_cfg: DictConfig) -> Path:
+    return Path(os.path.expanduser(str(reference_cfg.get("dir") or DEFAULT_DIR)))
 
 
 # --- storage ----------------------------------------------------------------------------------------------------
@@ -198,25 +166,10 @@ def read_table(path: Path, key: str) -> dict[str, Any] | None:
 
 # --- values -----------------------------------------------------------------------------------------------------
 
-class KeyedCollator:
-    """Wraps a pair collator and adds `pair_keys` (content digests) so that cached values can be looked up."""
-
-    def __init__(self, collator):
-        self.collator = collator
-
-    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        batch = self.collator(examples)
-        batch["pair_keys"] = torch.tensor([pair_digest(e["prompt_ids"], e["chosen_ids"], e["rejected_ids"])
-                                           for e in examples], dtype=torch.int64)
-        return batch
-
-
 @torch.no_grad()
 def compute_table(model: torch.nn.Module, datasets: Iterable[Any], collator: KeyedCollator, key: str,
                   batch_size: int, device: torch.device | str, chunk_size: int = 256) -> dict[str, Any]:
     """Run the reference model once over every pair and collect its per-token log-probs by pair key."""
-    from po.step.layouts import batch_response_masks, batch_token_logps
-
     model.eval()
     keys, chosen, rejected = [], [], []
     for ds in datasets:
@@ -242,61 +195,16 @@ def compute_table(model: torch.nn.Module, datasets: Iterable[Any], collator: Key
             "chosen": c, "chosen_offsets": co, "rejected": r, "rejected_offsets": ro}
 
 
-class CachedReference:
-    """A reference source that reads stored values by pair key; it runs no model (`for_batch`)."""
-
-    def __init__(self, table: dict[str, Any]):
-        self.table = table
-        self.index = {k: i for i, k in enumerate(table["pair_keys"].tolist())}
-
-    def _values(self, part: str, i: int) -> torch.Tensor:
-        offsets = self.table[f"{part}_offsets"]
-        return self.table[part][offsets[i]:offsets[i + 1]]
-
-    def for_batch(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-        from po.step.layouts import batch_response_masks
-
-        mask = batch_response_masks(inputs)
-        b = mask.shape[0] // 2
-        out = torch.zeros(mask.shape, dtype=torch.float32)
-        for i, k in enumerate(inputs["pair_keys"].tolist()):
-            j = self.index.get(k)
-            if j is None:
-                raise POError("reference=cached: a batch pair has no cached value (the cache does not match this "
-                              "data); delete the cache file or run po-cache-ref again")
-            for row, part in ((i, "chosen"), (b + i, "rejected")):
-                v = self._values(part, j)
-                n = int(mask[row].sum().item())
-                if len(v) != n:
-                    raise POError(f"reference=cached: stored {part} values have {len(v)} tokens, the batch has {n}; "
-                                  "the cache does not match this data")
-                out[row, :n] = v
-        return out.to(mask.device)
-
-
-def reference_from_cache(cfg: DictConfig, tokenizer, data, collator, device, batch_size: int,
-                         chunk_size: int = 256, must_write: bool = False) -> tuple[CachedReference, dict[str, Any]]:
-    """Open the cache for this config, filling it first on a miss (the only case that loads a reference model).
-
-    A cache file that cannot be written raises `WriteError` when `must_write` (po-cache-ref), else it is one warning
-    line and the values are used from memory (po-train)."""
-    from po.models import policy
-
-    datasets = [data.train, data.eval]
-    key, _ = cache_key(cfg, tokenizer, datasets)
-    path = cache_path(cache_dir(cfg), key)
+def open_cache(path: Path, key: str, fill: Callable[[], dict[str, Any]],
+               must_write: bool = False) -> tuple[CachedReference, dict[str, Any]]:
+    """The cached reference at `path`, verified; on a miss `fill()` computes the table (the only case that loads a
+    reference model) and it is written. A file that cannot be written raises `WriteError` when `must_write`
+    (po-cache-ref), else it is one warning line and the values are used from memory (po-train)."""
     table = read_table(path, key)
-    facts = {"path": str(path), "hit": table is not None}
+    facts: dict[str, Any] = {"path": str(path), "hit": table is not None}
     if table is None:
         log.info("reference cache miss: computing reference log-probs into %s", path)
-        model = policy.load_reference(cfg.model, tokenizer, cfg.seed, None).to(device)
-        if collator is None:  # po-cache-ref: the layout po-train would choose (the values agree to ~1e-6 anyway)
-            from po.step.layouts import choose_collator
-
-            collator = KeyedCollator(choose_collator(cfg.trainer.get("packing", False), model,
-                                                     tokenizer.pad_token_id, cfg.data.max_length))
-        table = compute_table(model, datasets, collator, key, batch_size, device, chunk_size)
-        del model
+        table = fill()
         try:
             facts["written"] = write_table(path, table)
         except WriteError as exc:

@@ -21,7 +21,6 @@ directory's lock (`po.run.lock.claim_run_dir`); the other ranks receive its `Run
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import shutil
@@ -31,22 +30,16 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from po.trainer import checkpoints
 from po.atomic import remove_stale_temporaries, write_json_atomic, write_text_atomic
+from po.data.options import sources_of
+from po.data.sources import BUILTIN, SUFFIXES
 from po.errors import ConfigError, POError
-from po.trainer.guard import REPORT
-from po.trainer.preemption import MARKER
+from po.fingerprint import json_sha256, sha256_file
 from po.run.lock import refuse_finished
+from po.run.paths import RunPaths
+from po.trainer import checkpoints
 
 log = logging.getLogger(__name__)
-
-FINGERPRINT = "data_fingerprint.json"
-RUN_ID = "run_id"   # a random id stored at the first start; every checkpoint's manifest carries it
-# A previous run's outputs: removed by trainer.overwrite=true, or when a run that died before its first checkpoint
-# starts over. (The lock file is never removed: see po.run.lock.)
-OUTPUTS = ("checkpoints", "metrics.jsonl", "summary.json", "model", MARKER, FINGERPRINT, REPORT, RUN_ID,
-           "generations.jsonl", "annotators.json", "resolved_config.yaml", "error.txt")
-
 
 @dataclass(frozen=True)
 class RunStart:
@@ -69,15 +62,7 @@ def hub_revision(dataset_id: str) -> str:
     return Path(folder).name
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def data_fingerprint(data_cfg: DictConfig) -> dict:
+def data_sources_fingerprint(data_cfg: DictConfig) -> dict:
     """What the `data` group reads, so that a resume can tell whether it changed.
 
     Sources: `data.path` and `data.eval_path`, or the `path` and `eval_path` of every `data.mixture` entry.
@@ -86,9 +71,6 @@ def data_fingerprint(data_cfg: DictConfig) -> dict:
       "unresolved: ..." when there is none (then its content cannot be checked);
     - settings: sha256 of the group's settings (mixture weights and options included).
     """
-    from po.data.options import sources_of
-    from po.data.sources import BUILTIN, SUFFIXES
-
     files, hub = {}, {}
     for source in sources_of(data_cfg):
         for value in (source.path, source.eval_path):
@@ -106,23 +88,22 @@ def data_fingerprint(data_cfg: DictConfig) -> dict:
                 hub[value] = hub_revision(value)
                 continue
             for path in found:
-                files[str(path.resolve())] = _sha256(path)
-    settings = json.dumps(OmegaConf.to_container(data_cfg, resolve=True), sort_keys=True, default=str)
-    return {"files": files, "hub": hub, "settings": hashlib.sha256(settings.encode()).hexdigest()}
+                files[str(path.resolve())] = sha256_file(path)
+    return {"files": files, "hub": hub, "settings": json_sha256(OmegaConf.to_container(data_cfg, resolve=True))}
 
 
-def record_fingerprint(run_dir: Path, data_cfg: DictConfig) -> None:
+def record_fingerprint(paths: RunPaths, data_cfg: DictConfig) -> None:
     """Store the data fingerprint (after the data is loaded, so that hub datasets are in the local cache)."""
-    write_json_atomic(Path(run_dir) / FINGERPRINT, data_fingerprint(data_cfg), indent=1)
+    write_json_atomic(paths.data_fingerprint, data_sources_fingerprint(data_cfg), indent=1)
 
 
-def check_fingerprint(run_dir: Path, data_cfg: DictConfig) -> None:
+def check_fingerprint(paths: RunPaths, data_cfg: DictConfig) -> None:
     """Refuse (one line naming the file or dataset) when the data differs from what this run started with."""
-    stored_path = run_dir / FINGERPRINT
+    stored_path = paths.data_fingerprint
     if not stored_path.is_file():
         return
     stored = json.loads(stored_path.read_text())
-    current = data_fingerprint(data_cfg)
+    current = data_sources_fingerprint(data_cfg)
     advice = ("resuming would continue a data order and position that no longer exist. Restore the original data, "
               "or start a new run (a new hydra.run.dir, or trainer.overwrite=true)")
     for path, digest in stored["files"].items():
@@ -166,9 +147,9 @@ def truncate_log(path: Path, step: int, keep_at_step: int | None = None) -> None
     write_text_atomic(path, "".join(line + "\n" for line in kept))
 
 
-def eval_before_from_metrics(run_dir: Path) -> dict:
+def eval_before_from_metrics(paths: RunPaths) -> dict:
     """The evaluation logged before the first step (step 0) of this run, for the summary of a resumed run."""
-    path = Path(run_dir) / "metrics.jsonl"
+    path = paths.metrics
     for line in path.read_text().splitlines() if path.is_file() else []:
         try:
             record = json.loads(line)
@@ -179,44 +160,43 @@ def eval_before_from_metrics(run_dir: Path) -> dict:
     return {}
 
 
-def previous_outputs(run_dir: Path) -> list[str]:
-    """What a previous run left in `run_dir` (Hydra's .hydra/ and log files and po's lock file do not count)."""
+def previous_outputs(paths: RunPaths) -> list[str]:
+    """What a previous run left in the run directory (Hydra's .hydra/ and log files and po's lock file do not
+    count)."""
     found = []
-    ckpt = run_dir / "checkpoints"
-    if ckpt.is_dir() and any(ckpt.iterdir()):
+    if paths.checkpoints.is_dir() and any(paths.checkpoints.iterdir()):
         found.append("checkpoints/")
-    for name in ("summary.json", "metrics.jsonl", "model"):
-        if (run_dir / name).exists():
-            found.append(name)
+    for path in (paths.summary, paths.metrics, paths.model):
+        if path.exists():
+            found.append(path.name)
     return found
 
 
-def read_run_id(run_dir: Path) -> str | None:
+def read_run_id(paths: RunPaths) -> str | None:
     try:
-        return (Path(run_dir) / RUN_ID).read_text().strip() or None
+        return paths.run_id.read_text().strip() or None
     except OSError:
         return None
 
 
-def _new_run_id(run_dir: Path) -> str:
+def _new_run_id(paths: RunPaths) -> str:
     run_id = uuid.uuid4().hex
-    write_text_atomic(run_dir / RUN_ID, run_id + "\n")
+    write_text_atomic(paths.run_id, run_id + "\n")
     return run_id
 
 
-def _clear(run_dir: Path, names: tuple[str, ...]) -> None:
-    for name in names:
-        target = run_dir / name
+def _clear(targets: tuple[Path, ...]) -> None:
+    for target in targets:
         if target.is_dir():
             shutil.rmtree(target)
         elif target.exists():
             target.unlink()
 
 
-def _start_fresh(run_dir: Path, clear: bool, replaced: bool = False) -> RunStart:
+def _start_fresh(paths: RunPaths, clear: bool, replaced: bool = False) -> RunStart:
     if clear:
-        _clear(run_dir, OUTPUTS + ((".hydra",) if replaced else ()))
-    return RunStart(resume=None, run_id=_new_run_id(run_dir), record_fingerprint=True, replaced=replaced)
+        _clear(paths.outputs() + ((paths.hydra,) if replaced else ()))
+    return RunStart(resume=None, run_id=_new_run_id(paths), record_fingerprint=True, replaced=replaced)
 
 
 def _logged_at(checkpoint: Path, step: int) -> int | None:
@@ -228,10 +208,10 @@ def _logged_at(checkpoint: Path, step: int) -> int | None:
     return sum(1 for entry in history if entry.get("step") == step)
 
 
-def require_trust(checkpoint: Path, run_dir: Path, trust: bool, how: str) -> None:
+def require_trust(checkpoint: Path, paths: RunPaths, trust: bool, how: str) -> None:
     """Refuse a checkpoint this run directory did not write, unless `trainer.trust_checkpoint=true`."""
-    own_folder = checkpoint.resolve().parent == (run_dir / "checkpoints").resolve()
-    run_id = read_run_id(run_dir)
+    own_folder = checkpoint.resolve().parent == paths.checkpoints.resolve()
+    run_id = read_run_id(paths)
     manifest = checkpoints.read_manifest(checkpoint) or {}
     if own_folder and run_id is not None and manifest.get("run_id") == run_id:
         return
@@ -248,52 +228,51 @@ def require_trust(checkpoint: Path, run_dir: Path, trust: bool, how: str) -> Non
         "came from, run again with trainer.trust_checkpoint=true")
 
 
-def _resume_from(cfg: DictConfig, run_dir: Path, checkpoint: Path) -> RunStart:
-    check_fingerprint(run_dir, cfg.data)
+def _resume_from(trainer_cfg: DictConfig, data_cfg: DictConfig, paths: RunPaths, checkpoint: Path) -> RunStart:
+    check_fingerprint(paths, data_cfg)
     step = checkpoints.step_of(checkpoint)
     if step is None:
         state = json.loads((checkpoint / "trainer_state.json").read_text())
         step = int(state["global_step"])
-    max_steps = cfg.trainer.get("max_steps", -1)
+    max_steps = trainer_cfg.get("max_steps", -1)
     if isinstance(max_steps, int) and 0 < max_steps < step:
         raise ConfigError(
             f"checkpoint {checkpoint} is at step {step}, past trainer.max_steps={max_steps}: resuming it would give a "
             f"model trained for more steps than asked; set trainer.max_steps>={step}, or resume an earlier checkpoint "
             "with trainer.resume=PATH")
-    if checkpoint.parent.resolve() == (run_dir / "checkpoints").resolve():
+    if checkpoint.parent.resolve() == paths.checkpoints.resolve():
         for moved in checkpoints.set_aside_newer(checkpoint.parent, step):
             log.warning("set aside %s: it is newer than the checkpoint this run resumes from", moved)
-    truncate_log(run_dir / "metrics.jsonl", step, _logged_at(checkpoint, step))
-    truncate_log(run_dir / REPORT, step)
-    (run_dir / MARKER).unlink(missing_ok=True)
-    run_id = read_run_id(run_dir) or _new_run_id(run_dir)
+    truncate_log(paths.metrics, step, _logged_at(checkpoint, step))
+    truncate_log(paths.nonfinite_steps, step)
+    paths.preempted.unlink(missing_ok=True)
+    run_id = read_run_id(paths) or _new_run_id(paths)
     log.info("resuming from %s (step %d)", checkpoint, step)
-    return RunStart(resume=str(checkpoint), run_id=run_id, record_fingerprint=not (run_dir / FINGERPRINT).is_file())
+    return RunStart(resume=str(checkpoint), run_id=run_id, record_fingerprint=not paths.data_fingerprint.is_file())
 
 
-def prepare_run_dir(cfg: DictConfig, run_dir: Path) -> RunStart:
+def prepare_run_dir(trainer_cfg: DictConfig, data_cfg: DictConfig, paths: RunPaths) -> RunStart:
     """Apply `trainer.resume`, `trainer.overwrite` and `trainer.trust_checkpoint` to `run_dir` (global rank 0, with
     the run directory locked); return what the start does."""
-    run_dir = Path(run_dir)
-    trainer_cfg = cfg.trainer
+    run_dir = paths.root
     resume = str(trainer_cfg.get("resume", "auto"))
     overwrite = trainer_cfg.get("overwrite", False) is True
     trust = trainer_cfg.get("trust_checkpoint", False) is True
     refuse_finished(run_dir, overwrite)
     for leftover in remove_stale_temporaries(run_dir):
         log.warning("removed %s, left by a process stopped while writing it", leftover)
-    output_dir = run_dir / "checkpoints"
-    existing = previous_outputs(run_dir)
+    output_dir = paths.checkpoints
+    existing = previous_outputs(paths)
     if overwrite:
         if existing:
             log.warning("trainer.overwrite=true: deleting the previous run's %s in %s", ", ".join(existing), run_dir)
-        return _start_fresh(run_dir, clear=True, replaced=True)
+        return _start_fresh(paths, clear=True, replaced=True)
     if resume == "never":
         if existing:
             raise ConfigError(
                 f"run directory {run_dir} already holds a run ({', '.join(existing)}); choose a new hydra.run.dir, "
                 "continue it with trainer.resume=auto, or replace it with trainer.overwrite=true")
-        return _start_fresh(run_dir, clear=False)
+        return _start_fresh(paths, clear=False)
     if resume != "auto":
         checkpoint = Path(resume).expanduser()
         if not (checkpoint / "trainer_state.json").is_file():
@@ -305,21 +284,21 @@ def prepare_run_dir(cfg: DictConfig, run_dir: Path) -> RunStart:
             if problem:
                 raise POError(f"trainer.resume={resume}: this checkpoint is damaged: {problem}; "
                               "pick another checkpoint or use trainer.resume=auto")
-        require_trust(checkpoint, run_dir, trust, f"trainer.resume={resume}")
-        return _resume_from(cfg, run_dir, checkpoint)
+        require_trust(checkpoint, paths, trust, f"trainer.resume={resume}")
+        return _resume_from(trainer_cfg, data_cfg, paths, checkpoint)
     checkpoint, skipped = checkpoints.newest_complete(output_dir)
     for reason in skipped:
         log.warning("ignoring checkpoint %s", reason)
     if checkpoint is not None:
-        require_trust(checkpoint, run_dir, trust, "trainer.resume=auto")
+        require_trust(checkpoint, paths, trust, "trainer.resume=auto")
         checkpoints.remove_incomplete(output_dir)
-        return _resume_from(cfg, run_dir, checkpoint)
+        return _resume_from(trainer_cfg, data_cfg, paths, checkpoint)
     checkpoints.remove_incomplete(output_dir)
     if skipped:
         raise POError(f"no intact checkpoint in {output_dir} ({'; '.join(skipped)}); resume from a specific one "
                       "with trainer.resume=PATH, or start over with trainer.overwrite=true")
     if existing:
-        check_fingerprint(run_dir, cfg.data)
+        check_fingerprint(paths, data_cfg)
         log.warning("run directory %s has outputs (%s) but no checkpoint: the previous attempt stopped before its "
                     "first checkpoint; starting over", run_dir, ", ".join(existing))
-    return _start_fresh(run_dir, clear=bool(existing))
+    return _start_fresh(paths, clear=bool(existing))

@@ -1,13 +1,14 @@
 """Per-token extras a loss may ask for through `needs`: full-vocabulary token KL, hidden states, activations.
 
-The plain step (po/step.py) computes only response log-probs. A loss that declares any of `EXTRA_NEEDS` (SparsePO)
+The plain step (po/step/pair_batch.py) computes only response log-probs. A loss that declares any of `EXTRA_NEEDS`
+(SparsePO)
 goes through `compute_with_extras` instead, which still runs one forward per model:
 
 - the reference model (through the configured reference source, so frozen copies and adapter-disabled PEFT policies
   both work) yields its final hidden states at the scored positions and, when asked, every layer's hidden states
   (`output_hidden_states`) or activation summaries from forward hooks on attention and MLP modules;
 - the policy forward yields its final hidden states (and, when asked, its own hidden states, detached);
-- po/token_kl.py turns both final hidden states into the policy and reference token log-probs and the token KL,
+- po/step/token_kl.py turns both final hidden states into the policy and reference token log-probs and the token KL,
   chunk by chunk.
 
 Hidden-state and activation extras are returned over the response *span*: index `k` is the position that predicts
@@ -24,21 +25,25 @@ from typing import Any
 
 import torch
 
-from losses.base import PairBatch, PreferenceLoss
+from losses.base import (NEEDS, POLICY_HIDDEN_STATES, POLICY_LAST_HIDDEN_STATE, REF_ACTIVATIONS, REF_HIDDEN_STATES,
+                         REF_LAST_HIDDEN_STATE, TOKEN_KL, TOKEN_LOGPS, PreferenceLoss)
+from po.step.layouts import split_chosen_rejected
 from po.step.logprobs import (final_hidden_states, output_head, response_masks, scatter_response, scored_positions,
-                          unwrap)
+                              unwrap)
+from po.step.reference import ReferenceSource
 from po.step.token_kl import chunked_token_kl
 
 log = logging.getLogger(__name__)
 
-# needs keys served here; "..._hidden_states" = every layer's output, "..._last_hidden_state" = the last one only.
-HIDDEN_NEEDS = ("ref_hidden_states", "ref_last_hidden_state", "policy_hidden_states", "policy_last_hidden_state")
-EXTRA_NEEDS = frozenset({"token_kl", "ref_activations", *HIDDEN_NEEDS})
+# The needs served here (every name of losses.base.NEEDS but token log-probs, which every step computes).
+EXTRA_NEEDS = frozenset(NEEDS) - {TOKEN_LOGPS}
+ALL_LAYERS = {"ref": REF_HIDDEN_STATES, "policy": POLICY_HIDDEN_STATES}
+LAST_LAYER = {"ref": REF_LAST_HIDDEN_STATE, "policy": POLICY_LAST_HIDDEN_STATE}
 
 
 def needs_extras(loss: PreferenceLoss) -> bool:
     """True when the loss asks for anything beyond per-token log-probs that this module provides."""
-    return bool(EXTRA_NEEDS & set(getattr(loss, "needs", ())))
+    return bool(EXTRA_NEEDS & loss.needs)
 
 
 @dataclass
@@ -124,59 +129,42 @@ def _layer_span(hidden_states: tuple[torch.Tensor, ...], last_only: bool, rows, 
 def _view(model: torch.nn.Module, inputs: dict[str, torch.Tensor], prefix: str, needs: set[str],
           positions: tuple) -> _ModelView:
     rows, cols, _, scored = positions
-    recorder = ActivationRecorder(model) if f"{prefix}_activations" in needs else None
+    recorder = ActivationRecorder(model) if prefix == "ref" and REF_ACTIVATIONS in needs else None
     try:
         hidden, out = final_hidden_states(model, inputs["input_ids"], inputs["attention_mask"])
     finally:
         if recorder is not None:
             recorder.remove()
     spans = {}
-    if f"{prefix}_hidden_states" in needs:
-        spans[f"{prefix}_hidden_states"] = _layer_span(out.hidden_states, False, rows, cols, scored)
-    if f"{prefix}_last_hidden_state" in needs:
-        spans[f"{prefix}_last_hidden_state"] = _layer_span(out.hidden_states, True, rows, cols, scored)
+    if ALL_LAYERS[prefix] in needs:
+        spans[ALL_LAYERS[prefix]] = _layer_span(out.hidden_states, False, rows, cols, scored)
+    if LAST_LAYER[prefix] in needs:
+        spans[LAST_LAYER[prefix]] = _layer_span(out.hidden_states, True, rows, cols, scored)
     if recorder is not None:
-        spans[f"{prefix}_activations"] = response_span(recorder.stacked(out.hidden_states), rows, cols, scored)
+        spans[REF_ACTIVATIONS] = response_span(recorder.stacked(out.hidden_states), rows, cols, scored)
     head, softcap = output_head(model)
     return _ModelView(hidden[rows, cols], head, softcap, spans)
 
 
-def _split(values: torch.Tensor, mask: torch.Tensor, extra: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """`[2B, W(+1), ...]` -> chosen, rejected, each trimmed to its own longest response (+ `extra`)."""
-    half = values.shape[0] // 2
-    parts = []
-    for part in (slice(0, half), slice(half, None)):
-        width = max(int(mask[part].sum(-1).max().item()), 1) + extra
-        parts.append(values[part, :width])
-    return parts[0], parts[1]
-
-
 def compute_with_extras(model: torch.nn.Module, inputs: dict[str, torch.Tensor], loss: PreferenceLoss,
-                        reference, chunk_size: int = 256) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
+                        reference: ReferenceSource | None,
+                        chunk_size: int = 256) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
     """Policy and reference log-probs `[2B, W]` plus the extras the loss asked for, split into chosen/rejected."""
     needs = set(loss.needs)
-    if reference is None:
-        raise RuntimeError("this loss needs the live reference model (token KL) but no reference source is set")
+    if reference is None or not reference.live:
+        raise RuntimeError("this loss needs the live reference model (token KL, hidden states), but the reference "
+                           "source runs no model (reference=none or cached)")
     positions = scored_positions(inputs["input_ids"], inputs["response_mask"])
     rows, _, targets, scored = positions
-    ref = reference(model, lambda m: _view(m, inputs, "ref", needs, positions))
+    ref = reference.run(model, lambda m: _view(m, inputs, "ref", needs, positions))
     policy = _view(model, inputs, "policy", needs, positions)
     logps, kl, ref_logps = chunked_token_kl(policy.hidden, ref.hidden, targets, policy.head, ref.head, chunk_size,
                                             policy.softcap, ref.softcap)
     mask = response_masks(inputs["response_mask"])
     extras: dict[str, Any] = {}
-    if "token_kl" in needs:
-        extras["token_kl_chosen"], extras["token_kl_rejected"] = _split(scatter_response(kl, rows, scored), mask, 0)
+    if TOKEN_KL in needs:
+        extras[f"{TOKEN_KL}_chosen"], extras[f"{TOKEN_KL}_rejected"] = split_chosen_rejected(
+            scatter_response(kl, rows, scored), mask)
     for name, span in {**ref.spans, **policy.spans}.items():
-        extras[f"{name}_chosen"], extras[f"{name}_rejected"] = _split(span, mask, 1)
+        extras[f"{name}_chosen"], extras[f"{name}_rejected"] = split_chosen_rejected(span, mask, extra=1)
     return scatter_response(logps, rows, scored), scatter_response(ref_logps, rows, scored), extras
-
-
-def pair_batch_with_extras(model: torch.nn.Module, inputs: dict[str, torch.Tensor], loss: PreferenceLoss,
-                           reference, chunk_size: int, batch_keys: tuple[str, ...]) -> PairBatch:
-    """`po.step.pair_batch` for losses that need extras: same PairBatch, plus the extras."""
-    from po.step.pair_batch import build_pair_batch
-
-    policy, ref, extras = compute_with_extras(model, inputs, loss, reference, chunk_size)
-    extras.update({k: inputs[k] for k in batch_keys if k in inputs})
-    return build_pair_batch(policy, ref, response_masks(inputs["response_mask"]), extras)

@@ -1,11 +1,16 @@
-"""Prompt computed once per pair: one row `[P[:-1] | P[-1] C | P[-1] R]` per pair instead of two rows.
+"""The two row layouts of a batch, read back: response masks, chosen/rejected split, and the packed row's mask.
+
+Plain rows (`po.data.collate.PairCollator`): B chosen rows then B rejected rows. Packed rows
+(`PackedPairCollator`): one row `[P[:-1] | P[-1] C | P[-1] R]` per pair instead of two rows.
+Either way a step gets the same response-aligned `[2B, L]` log-probs (`batch_token_logps`) and mask
+(`batch_response_masks`), which `split_chosen_rejected` splits; this is the one place that does.
 
 Chosen and rejected share the prompt, so the plain layout (B chosen rows + B rejected rows) runs the prompt twice.
 Here each pair is one row; a 4D additive attention mask keeps the rejected part from seeing the chosen part, and
 the rejected part's position ids continue from the prompt's end as if the chosen part were absent. The last prompt
 token is written twice (once before each response), so the ordinary shift-by-one targets score the first token of
 both responses from the prompt's last position. The result is the same response-aligned `[2B, L]` log-probs
-(B chosen rows then B rejected rows) as the plain path, to float rounding: `tests/test_packing.py` checks values
+(B chosen rows then B rejected rows) as the plain path, to float rounding: `tests/unit/step/test_packing.py` checks values
 and gradients on Llama- and Qwen2-shaped models. The measured facts behind the choices are in
 `docs/performance.md`.
 
@@ -14,55 +19,10 @@ One pair per row only: several pairs per row are exact too but slower with a den
 
 from __future__ import annotations
 
-import logging
-from typing import Any
-
 import torch
 
-from po.data.collate import PairCollator, carried_columns
+from po.data.collate import PACK_KEY, PackedPairCollator, PairCollator
 from po.step.logprobs import chunked_logps, final_hidden_states, response_masks, token_logps, unwrap
-
-log = logging.getLogger(__name__)
-
-PACK_KEY = "pack_bounds"  # present in a batch = the batch is packed; [B, 3] = (chosen_start, rejected_start, length)
-
-
-class PackedPairCollator:
-    """Batch pairs one row per pair. Falls back to the plain layout for a batch with an empty prompt.
-
-    Batch keys: input_ids, attention_mask (2D, 1 = real token: for token counts only), position_ids,
-    response_mask (chosen and rejected tokens), pack_bounds, row_ids and the optional extras of `PairCollator`.
-    """
-
-    def __init__(self, pad_token_id: int):
-        self.pad_token_id = pad_token_id
-        self.plain = PairCollator(pad_token_id)
-
-    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        if any(len(e["prompt_ids"]) == 0 for e in examples):
-            return self.plain(examples)
-        lengths = [len(e["prompt_ids"]) + len(e["chosen_ids"]) + 1 + len(e["rejected_ids"]) for e in examples]
-        width = max(lengths)
-        b = len(examples)
-        input_ids = torch.full((b, width), self.pad_token_id, dtype=torch.long)
-        attention_mask = torch.zeros((b, width), dtype=torch.long)
-        position_ids = torch.zeros((b, width), dtype=torch.long)
-        response_mask = torch.zeros((b, width), dtype=torch.bool)
-        bounds = torch.zeros((b, 3), dtype=torch.long)
-        for i, e in enumerate(examples):
-            p, c, r = e["prompt_ids"], e["chosen_ids"], e["rejected_ids"]
-            n = lengths[i]
-            rs = len(p) + len(c)  # index of the duplicated last prompt token that starts the rejected part
-            input_ids[i, :n] = torch.tensor(p + c + p[-1:] + r)
-            attention_mask[i, :n] = 1
-            position_ids[i, :rs] = torch.arange(rs)
-            position_ids[i, rs:n] = torch.arange(len(p) - 1, len(p) + len(r))
-            response_mask[i, len(p):rs] = True
-            response_mask[i, rs + 1:n] = True
-            bounds[i] = torch.tensor([len(p) - 1, rs, n])
-        batch = {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids,
-                 "response_mask": response_mask, PACK_KEY: bounds}
-        return {**batch, **carried_columns(examples)}
 
 
 def is_packed(inputs: dict[str, torch.Tensor]) -> bool:
@@ -137,6 +97,17 @@ def batch_token_logps(model: torch.nn.Module, inputs: dict[str, torch.Tensor], c
     return token_logps(model, inputs["input_ids"], inputs["attention_mask"], inputs["response_mask"], chunk_size)
 
 
+def split_chosen_rejected(values: torch.Tensor, mask: torch.Tensor, extra: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """`[2B, W, ...]` response-aligned rows (B chosen, then B rejected) -> chosen `[B, Wc, ...]`, rejected
+    `[B, Wr, ...]`, each trimmed to its own longest response (+ `extra` positions: spans are one longer)."""
+    half = values.shape[0] // 2
+    parts = []
+    for part in (slice(0, half), slice(half, None)):
+        width = max(int(mask[part].sum(-1).max().item()) if mask[part].numel() else 0, 1) + extra
+        parts.append(values[part, :width])
+    return parts[0], parts[1]
+
+
 # --- whether a model takes the packed layout exactly ----------------------------------------------------------
 
 _FLASH = ("flash_attention", "flex_attention", "paged")
@@ -189,14 +160,3 @@ def _probe(model: torch.nn.Module) -> float:
         model.train(was_training)
     mask = response_masks(plain["response_mask"])
     return float(((a - b).abs() * mask).max().item())
-
-
-def choose_collator(enabled: bool, model: torch.nn.Module, pad_token_id: int, max_length: int | None = None):
-    """The packed collator where it is exact for `model`, else the plain one (with a one-line notice)."""
-    if not enabled:
-        return PairCollator(pad_token_id)
-    ok, why = packing_support(model, max_length)
-    if not ok:
-        log.warning("trainer.packing: falling back to one row per response (%s)", why)
-        return PairCollator(pad_token_id)
-    return PackedPairCollator(pad_token_id)

@@ -15,7 +15,7 @@ from torch.utils.checkpoint import checkpoint
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     """The bare model under DDP / DeepSpeed wrappers (PEFT models are kept: they forward attributes)."""
-    while hasattr(model, "module") and isinstance(model.module, torch.nn.Module):
+    while isinstance(getattr(model, "module", None), torch.nn.Module):
         model = model.module
     return model
 

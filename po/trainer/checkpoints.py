@@ -8,7 +8,6 @@ mid-write leaves only `checkpoints/.staging/`, which the next start removes with
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -16,6 +15,8 @@ import re
 import shutil
 from pathlib import Path
 from typing import Any
+
+from po.fingerprint import folder_manifest, manifest_problem
 
 log = logging.getLogger(__name__)
 
@@ -29,22 +30,9 @@ def staging_dir(output_dir: str | Path) -> Path:
     return Path(output_dir) / STAGING
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def write_manifest(checkpoint: Path, step: int, checksums: bool, extra: dict[str, Any] | None = None) -> None:
     """Record every file of `checkpoint` (size, sha256 when `checksums`) and fsync the manifest."""
-    files = {}
-    for path in sorted(p for p in checkpoint.rglob("*") if p.is_file() and p.name != MANIFEST):
-        entry: dict[str, Any] = {"size": path.stat().st_size}
-        if checksums:
-            entry["sha256"] = _sha256(path)
-        files[str(path.relative_to(checkpoint))] = entry
+    files = folder_manifest(checkpoint, checksums, skip=(MANIFEST,))
     manifest = {"step": step, "files": files, **(extra or {})}
     target = checkpoint / MANIFEST
     with open(target, "w") as f:
@@ -66,15 +54,7 @@ def verify(checkpoint: Path) -> str | None:
     manifest = read_manifest(checkpoint)
     if manifest is None:
         return f"no readable {MANIFEST} (not written by po's atomic save, or damaged)"
-    for name, entry in manifest["files"].items():
-        path = checkpoint / name
-        if not path.is_file():
-            return f"{name} is missing"
-        if path.stat().st_size != entry["size"]:
-            return f"{name} has {path.stat().st_size} bytes, the manifest says {entry['size']}"
-        if "sha256" in entry and _sha256(path) != entry["sha256"]:
-            return f"{name} does not match its sha256 in the manifest (corrupted)"
-    return None
+    return manifest_problem(checkpoint, manifest["files"], skip=(MANIFEST,), strict=False)
 
 
 def commit(staged: Path, final: Path) -> None:

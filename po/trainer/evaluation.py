@@ -12,12 +12,15 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
+from transformers import TrainerCallback
 
 from losses.base import PairBatch, masked_sum
 from po.atomic import write_text_atomic
+from po.step.logprobs import token_logps
+from po.step.reference import ReferenceSource
 
 
 def loss_independent_metrics(batch: PairBatch) -> dict[str, torch.Tensor]:
@@ -45,16 +48,14 @@ def percentile(values: list[float], q: float) -> float:
 
 
 @torch.no_grad()
-def generation_eval(policy, reference: Callable | None, tokenizer, prompts: list[list[int]], out_path: Path,
+def generation_eval(policy, reference: ReferenceSource | None, tokenizer, prompts: list[list[int]], out_path: Path,
                     max_new_tokens: int = 64, temperature: float = 1.0, batch_size: int = 8,
                     seed: int = 0) -> dict[str, Any]:
     """Sample one response per prompt, write them as JSONL, and return length and KL figures.
 
-    `reference` is a reference source as in `po.step.reference` (called as `reference(policy, compute)`), or None:
+    `reference`: a live `po.step.reference.ReferenceSource` (its `run`), or None:
     then the KL estimate is omitted.
     """
-    from po.step.logprobs import token_logps
-
     device = next(policy.parameters()).device
     was_training = policy.training
     policy.eval()
@@ -87,7 +88,7 @@ def generation_eval(policy, reference: Callable | None, tokenizer, prompts: list
             mask[0, len(rec["prompt_ids"]):] = True
             rec["logp_policy"] = token_logps(policy, seq, attn, mask).sum().item()
             if reference is not None:
-                ref = reference(policy, lambda m: token_logps(m, seq, attn, mask))  # noqa: B023 - used at once
+                ref = reference.run(policy, lambda m: token_logps(m, seq, attn, mask))  # noqa: B023 - used at once
                 rec["logp_reference"] = ref.sum().item()
                 rec["kl_estimate"] = rec["logp_policy"] - rec["logp_reference"]
     finally:
@@ -105,3 +106,21 @@ def generation_eval(policy, reference: Callable | None, tokenizer, prompts: list
     if reference is not None and records:
         result["gen/kl_to_reference"] = sum(r["kl_estimate"] for r in records) / len(records)
     return result
+
+
+def evaluate_at_train_begin(trainer) -> dict:
+    """Schedule the before-training evaluation for when the DeepSpeed training engine exists.
+
+    Evaluating before `train()` would make the Trainer build a separate DeepSpeed inference engine for the policy
+    (ZeRO-3 only; ZeRO-1/2 refuse) that `train()` then keeps instead of its training engine. Returns a dict that
+    is filled with the eval metrics as training starts.
+    """
+    metrics: dict = {}
+
+    class _EvaluateOnce(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            if not metrics:
+                metrics.update(trainer.evaluate())
+
+    trainer.add_callback(_EvaluateOnce())
+    return metrics

@@ -29,7 +29,6 @@ from po.trainer.preemption import any_rank
 
 log = logging.getLogger(__name__)
 
-REPORT = "nonfinite_steps.jsonl"   # in the run directory: one line per skipped step with the rows of its batch
 
 
 class NonFiniteSteps(POError):

@@ -18,7 +18,6 @@ from transformers import TrainerCallback
 
 from po.atomic import write_text_atomic
 
-MARKER = "PREEMPTED"
 SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
 
@@ -80,5 +79,6 @@ class PreemptionCallback(TrainerCallback):
         return control
 
 
-def write_marker(run_dir: Path, signal_name: str, step: int) -> None:
-    write_text_atomic(Path(run_dir) / MARKER, f"signal: {signal_name}\nstep: {step}\n")
+def write_marker(path: Path, signal_name: str, step: int) -> None:
+    """The preemption marker (RUN_DIR/PREEMPTED): which signal stopped training at which step."""
+    write_text_atomic(path, f"signal: {signal_name}\nstep: {step}\n")

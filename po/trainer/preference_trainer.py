@@ -7,18 +7,19 @@ the same metrics on the held-out split with an `eval_` prefix.
 
 from __future__ import annotations
 
-import os
 import time
 
 import torch
-from transformers import Trainer, TrainerCallback
+from transformers import Trainer
 
 from losses.base import PreferenceLoss
+from po.step.logprobs import unwrap
+from po.step.pair_batch import pair_batch
+from po.step.reference import ReferenceSource
 from po.trainer.evaluation import loss_independent_metrics
-from po.trainer.loss_hooks import LossGradients, bind_loss_to_model, loss_param_groups
+from po.trainer.loss_hooks import AfterOptimizerStep, LossGradients, load_loss_state, loss_param_groups, save_loss_state
 from po.trainer.metrics import MetricAccumulator
 from po.trainer.reliable import ReliableTrainerMixin
-from po.step.pair_batch import ReferenceSource, pair_batch
 
 
 class PreferenceTrainer(ReliableTrainerMixin, Trainer):
@@ -28,9 +29,9 @@ class PreferenceTrainer(ReliableTrainerMixin, Trainer):
         self.loss_module = loss_module
         self.reference = reference
         self.logps_chunk_size = logps_chunk_size
-        bind_loss_to_model(self.loss_module, self.model)  # e.g. SparsePO's mask network, sized from the model
+        self.loss_module.bind_model(unwrap(self.model))  # e.g. SparsePO's mask network, sized from the model
         self.loss_module.to(self.args.device)
-        self.add_callback(_LossStepCallback(self.loss_module))
+        self.add_callback(AfterOptimizerStep(self.loss_module))
         self.add_callback(LossGradients(self.loss_module))  # averaged over ranks, cleared after each step
         self.model_accepts_loss_kwargs = False  # our loss is a mean over pairs: let the Trainer divide by GA
         self._metrics = {"train": MetricAccumulator(), "eval": MetricAccumulator()}
@@ -115,31 +116,3 @@ class PreferenceTrainer(ReliableTrainerMixin, Trainer):
         acc = MetricAccumulator()
         acc.add_total("tokens", self._local_train_tokens)
         return acc.reduce(totals={"tokens"}).get("tokens", 0.0)
-
-
-LOSS_STATE_FILE = "loss_state.pt"
-
-
-def save_loss_state(loss_module: torch.nn.Module, directory: str) -> None:
-    """Write `loss_state.pt` beside a checkpoint or the final model when the loss has parameters or buffers."""
-    state = loss_module.state_dict()
-    if state:
-        torch.save(state, os.path.join(directory, LOSS_STATE_FILE))
-
-
-def load_loss_state(loss_module: torch.nn.Module, directory: str) -> None:
-    path = os.path.join(directory, LOSS_STATE_FILE)
-    if os.path.isfile(path):
-        loss_module.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-
-
-class _LossStepCallback(TrainerCallback):
-    """Calls `loss_module.after_optimizer_step()` (if it has one) once per optimizer step, on every rank."""
-
-    def __init__(self, loss_module: torch.nn.Module):
-        self.loss_module = loss_module
-
-    def on_step_end(self, args, state, control, **kwargs):
-        hook = getattr(self.loss_module, "after_optimizer_step", None)
-        if hook is not None:
-            hook()

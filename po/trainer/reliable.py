@@ -13,18 +13,17 @@ from __future__ import annotations
 
 import errno
 import logging
-import os
-import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 from transformers.trainer_utils import rotate_checkpoints
 
-from po.trainer import checkpoints
-from po.atomic import WriteError, write_failure
+from losses.base import PreferenceLoss
+from po.atomic import io_failure
 from po.errors import POError
-from po.trainer.guard import REPORT, NonFiniteGuard, NonFiniteSteps
+from po.trainer import checkpoints
+from po.trainer.guard import NonFiniteGuard, NonFiniteSteps
 from po.trainer.preemption import PreemptionCallback, SignalFlag, TrainingPreempted, write_marker
 
 log = logging.getLogger(__name__)
@@ -36,45 +35,23 @@ class CheckpointWriteError(POError):
 
 @dataclass
 class ReliabilitySettings:
-    max_bad_steps: int = 10          # consecutive non-finite steps before the run stops
+    max_bad_steps: int = 10            # consecutive non-finite steps before the run stops
     checkpoint_checksums: bool = True  # sha256 of every checkpoint file in its manifest, checked at resume
-    run_id: str | None = None        # written into every checkpoint's manifest (po.run.rundir: which run wrote it)
-
-
-def _io_error_types() -> tuple[type[BaseException], ...]:
-    from safetensors import SafetensorError
-
-    return OSError, RuntimeError, SafetensorError  # torch.save: RuntimeError; safetensors: its own error
-
-
-def io_failure(path: str | os.PathLike, exc: BaseException) -> WriteError | None:
-    """The one-line `WriteError` naming `path` when `exc` is a failed write (disk full, quota, read-only,
-    permissions), else None: torch.save and safetensors report a full disk without an OSError."""
-    if not isinstance(exc, _io_error_types()):
-        return None
-    if isinstance(exc, OSError):
-        return write_failure(path, exc)
-    code = re.search(r"os error (\d+)", str(exc))  # safetensors: "I/O error: No space left on device (os error 28)"
-    if code:
-        return WriteError(Path(path), os.strerror(int(code[1])), int(code[1]))
-    failure = write_failure(path, exc)  # torch.save's RuntimeError: taken as a full disk when there is no space
-    return failure if failure.errno is not None else None
+    run_id: str | None = None          # written into every checkpoint's manifest (po.run.rundir: which run wrote it)
+    nonfinite_report: Path | None = None   # one JSON line per skipped step (RunPaths.nonfinite_steps)
+    preempted_marker: Path | None = None   # written when a signal stopped training (RunPaths.preempted)
 
 
 class ReliableTrainerMixin:
     reliability: ReliabilitySettings = ReliabilitySettings()
+    loss_module: PreferenceLoss | None = None   # its parameters and state are guarded with the model's
     _po_staging: Path | None = None
     _po_guard: NonFiniteGuard | None = None
 
-    @property
-    def run_dir(self) -> Path:
-        """The run directory: `po.run.job` puts the Trainer's output_dir at RUN_DIR/checkpoints."""
-        return Path(self.args.output_dir).parent
-
     def train(self, resume_from_checkpoint=None, *args, **kwargs):
         flag = SignalFlag()
-        report = self.run_dir / REPORT if self.args.should_save else None
-        guard = NonFiniteGuard(self.model, getattr(self, "loss_module", None), self.reliability.max_bad_steps,
+        report = self.reliability.nonfinite_report if self.args.should_save else None
+        guard = NonFiniteGuard(self.model, self.loss_module, self.reliability.max_bad_steps,
                                self.args.device, report)
         if resume_from_checkpoint:
             guard.load_state((checkpoints.read_manifest(Path(resume_from_checkpoint)) or {}).get("nonfinite"))
@@ -96,11 +73,11 @@ class ReliableTrainerMixin:
             raise NonFiniteSteps(
                 f"stopped at step {step}: {guard.consecutive} steps in a row had a non-finite loss or gradient "
                 f"norm (trainer.max_bad_steps={self.reliability.max_bad_steps}); last batch rows: {guard.last_rows}. "
-                f"The last good state is saved in {newest}; every skipped step is listed in {self.run_dir / REPORT}. "
+                f"The last good state is saved in {newest}; every skipped step is listed in {self.reliability.nonfinite_report}. "
                 "Check those rows and lower trainer.learning_rate, then resume with trainer.resume=auto")
         if preemption.stopped_at is not None:
-            if self.args.should_save:
-                write_marker(self.run_dir, flag.received or "?", step)
+            if self.args.should_save and self.reliability.preempted_marker is not None:
+                write_marker(self.reliability.preempted_marker, flag.received or "?", step)
             raise TrainingPreempted(flag.received or "?", step, newest)
         return output
 

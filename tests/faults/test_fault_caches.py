@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, read_metrics, run_train
-from fs_faults import files_in, full_tmpfs, read_only_tmpfs
 
 from po.data import cache as data_cache
+from tests.helpers.fs import files_in, full_tmpfs, read_only_tmpfs
+from tests.helpers.runs import REPO, read_metrics, run_train
 
 pytestmark = pytest.mark.slow
 TOL = 1e-6
@@ -221,7 +221,8 @@ def test_tokenized_cache_replacement_is_never_seen_half_written(tmp_path, monkey
     """While a bad entry is being replaced, a concurrent reader still sees the old (bad) entry and rejects it; the
     new one appears whole, after its manifest."""
     import datasets
-    from data_helpers import load, write_jsonl
+
+    from tests.helpers.data import load, write_jsonl
 
     path = write_jsonl(tmp_path / "d.jsonl", [{"prompt": f"Q{i}", "chosen": " yes", "rejected": " no"}
                                               for i in range(6)])
@@ -246,7 +247,7 @@ def test_tokenized_cache_replacement_is_never_seen_half_written(tmp_path, monkey
 
 def test_killed_tokenized_cache_writer_leaves_no_entry(tmp_path):
     """A writer killed after the table's files and before the manifest leaves only its hidden staged folder."""
-    from data_helpers import write_jsonl
+    from tests.helpers.data import write_jsonl
 
     path = write_jsonl(tmp_path / "d.jsonl", [{"prompt": f"Q{i}", "chosen": " yes", "rejected": " no"}
                                               for i in range(6)])
@@ -254,14 +255,14 @@ def test_killed_tokenized_cache_writer_leaves_no_entry(tmp_path):
               f"sys.path[:0] = [{str(REPO)!r}, {str(REPO / 'tests')!r}]\n"
               "import po.data.cache\n"
               "po.data.cache.seal = lambda folder: os._exit(9)\n"
-              "from data_helpers import load\n"
+              "from tests.helpers.data import load\n"
               f"load(__import__('pathlib').Path({str(path)!r}))\n")
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path,
                           env={**__import__("os").environ, "HF_DATASETS_OFFLINE": "1"})
     assert proc.returncode == 9, proc.stderr[-2000:]
     leftovers = list((tmp_path / "cache").iterdir())
     assert len(leftovers) == 1 and leftovers[0].name.startswith(".") and leftovers[0].name.endswith(".tmp")
-    from data_helpers import load
+    from tests.helpers.data import load
 
     assert load(path).reports["train"].cache == "miss"  # no entry was visible: tokenized again, then stored
     assert load(path).reports["train"].cache == "hit"

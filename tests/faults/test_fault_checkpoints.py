@@ -5,12 +5,12 @@ import logging
 
 import pytest
 import torch
-from conftest import run_train
-from fault_helpers import JOB, SAVE_EVERY_3, assert_same_losses_in_process, crashed_copy
 
-from po.trainer import checkpoints
 from po.errors import POError
+from po.trainer import checkpoints
 from po.trainer.reliable import CheckpointWriteError
+from tests.helpers.faults import JOB, SAVE_EVERY_3, assert_same_losses_in_process, crashed_copy
+from tests.helpers.runs import run_train
 
 pytestmark = pytest.mark.slow
 

@@ -11,9 +11,9 @@ import json
 import math
 
 import pytest
-from data_helpers import TOK, load, write_jsonl
 
 from po.errors import DataError
+from tests.helpers.data import TOK, load, write_jsonl
 
 GOOD = {"prompt": "Q", "chosen": " yes", "rejected": " no"}
 USER = {"role": "user", "content": "Tell me about tea."}
@@ -298,8 +298,8 @@ def test_hub_rows_get_the_same_checks(tmp_path, monkeypatch):
 
     table = datasets.Dataset.from_list([uf(8, 3), uf(math.nan, 3)])
     monkeypatch.setattr(datasets, "load_dataset", lambda *args, **kwargs: table)
-    from conftest import compose_cfg
     from po.data.load import load_preference_data
+    from tests.helpers.runs import compose_cfg
 
     cfg = compose_cfg(["data=jsonl", "data.path=someorg/prefs", "data.eval_fraction=0",
                        f"data.cache_dir={tmp_path / 'cache'}"])

@@ -6,12 +6,12 @@ import os
 import subprocess
 
 import pytest
-from conftest import run_train
-from fault_helpers import (JOB, SAVE_EVERY_3, assert_finished_like_reference, assert_one_line_error, finish, leftovers,
-                           run, start, wait_until)
 
 from po.trainer import checkpoints
 from po.trainer.reliable import CheckpointWriteError
+from tests.helpers.faults import (JOB, SAVE_EVERY_3, assert_finished_like_reference, assert_one_line_error, finish,
+                                  leftovers, run, start, wait_until)
+from tests.helpers.runs import run_train
 
 pytestmark = pytest.mark.slow
 

@@ -9,8 +9,9 @@ Weights and eval metrics equal the uninterrupted run's to 1e-6, and every step i
 import signal
 
 import pytest
-from fault_helpers import (SAVE_EVERY_3, assert_finished_like_reference, finish, leftovers, output, run, start,
-                           wait_until)
+
+from tests.helpers.faults import (SAVE_EVERY_3, assert_finished_like_reference, finish, leftovers, output, run, start,
+                                  wait_until)
 
 pytestmark = pytest.mark.slow
 

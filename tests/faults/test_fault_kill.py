@@ -9,7 +9,8 @@
 import signal
 
 import pytest
-from fault_helpers import assert_same_losses, loss_steps, run, start, wait_for_step, wait_until
+
+from tests.helpers.faults import assert_same_losses, loss_steps, run, start, wait_for_step, wait_until
 
 pytestmark = pytest.mark.slow
 SAVE_EVERY_3 = ["trainer.save_strategy=steps", "trainer.save_steps=3"]

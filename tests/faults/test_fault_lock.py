@@ -9,10 +9,13 @@ import subprocess
 import sys
 
 import pytest
-from fault_helpers import REPO, assert_one_line_error, assert_same_losses, env, error_lines, finish, run, start, \
-    wait_until
 
-from po.run.lock import LOCK_FILE, RunLock
+from po.run.lock import RunLock
+from po.run.paths import RunPaths
+from tests.helpers.faults import (REPO, assert_one_line_error, assert_same_losses, env, error_lines, finish, run, start,
+                                  wait_until)
+
+LOCK_FILE = RunPaths('.').lock.name
 
 pytestmark = pytest.mark.slow
 

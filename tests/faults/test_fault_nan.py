@@ -6,15 +6,16 @@ import json
 
 import pytest
 import torch
-from conftest import compose_cfg, read_metrics, run_train
-from fault_helpers import JOB
 from safetensors.torch import load_file
 from transformers import TrainerCallback
 
 from losses.base import LossOutput, PreferenceLoss
-from po.trainer.guard import NonFiniteSteps
+from po.run.build import build_trainer
+from po.run.paths import RunPaths
 from po.run.rundir import prepare_run_dir
-from po.run.job import build_trainer
+from po.trainer.guard import NonFiniteSteps
+from tests.helpers.faults import JOB
+from tests.helpers.runs import compose_cfg, read_metrics, run_train
 
 pytestmark = pytest.mark.slow
 
@@ -33,6 +34,20 @@ class NaNAtCalls(PreferenceLoss):
     @property
     def needs(self):
         return self.loss.needs
+
+    # a wrapper delegates the contract to the loss it wraps (losses/base.py), as LCPO does
+    @property
+    def trains_parameters(self):
+        return self.loss.trains_parameters
+
+    def bind_model(self, model):
+        self.loss.bind_model(model)
+
+    def optimizer_param_groups(self, weight_decay):
+        return self.loss.optimizer_param_groups(weight_decay)
+
+    def after_optimizer_step(self):
+        self.loss.after_optimizer_step()
 
     def forward(self, batch):
         out = self.loss(batch)
@@ -89,7 +104,7 @@ class Snapshots(TrainerCallback):
 
 def test_nan_steps_are_skipped_counted_and_logged(tmp_path):
     cfg = compose_cfg(nan_overrides([3, 4]))
-    prepare_run_dir(cfg, tmp_path)
+    prepare_run_dir(cfg.trainer, cfg.data, RunPaths(tmp_path))
     trainer, _, _ = build_trainer(cfg, tmp_path)
     snap = Snapshots()
     trainer.add_callback(snap)
@@ -151,7 +166,7 @@ def test_nan_step_skips_the_loss_modules_parameters_too(tmp_path):
     AdamW state (exp_avg, exp_avg_sq and the step count), and the NaN gradient is not carried into the next step."""
     cfg = compose_cfg(nan_overrides([3]) + ["loss=sparsepo", "loss.mask_position=token", "trainer.max_steps=5",
                                             "data.max_rows=64"])
-    prepare_run_dir(cfg, tmp_path)
+    prepare_run_dir(cfg.trainer, cfg.data, RunPaths(tmp_path))
     trainer, _, _ = build_trainer(cfg, tmp_path)
     assert len(list(trainer.loss_module.parameters())) > 0
     snap = LossModuleSnapshots(trainer.loss_module)
@@ -174,7 +189,7 @@ def test_non_finite_gradient_of_a_loss_parameter_skips_the_step(tmp_path):
     step changes nothing, neither the model nor that parameter."""
     cfg = compose_cfg(JOB + [f"+weighting._target_={__name__}.NaNGradAtCalls", "+weighting.bad_calls=[3]",
                              "trainer.max_steps=4"])
-    prepare_run_dir(cfg, tmp_path)
+    prepare_run_dir(cfg.trainer, cfg.data, RunPaths(tmp_path))
     trainer, _, _ = build_trainer(cfg, tmp_path)
     snap, loss_snap = Snapshots(), LossModuleSnapshots(trainer.loss_module)
     trainer.add_callback(snap)

@@ -4,8 +4,9 @@ and a checkpoint in the middle of the second epoch. Every step's loss must equal
 import shutil
 
 import pytest
-from conftest import run_train
-from fault_helpers import TOL, loss_steps
+
+from tests.helpers.faults import TOL, loss_steps
+from tests.helpers.runs import run_train
 
 pytestmark = pytest.mark.slow
 # 45 training pairs / 4 per micro-batch = 11 micro-batches per epoch; 2 per optimizer step -> 6 steps per epoch,

@@ -5,13 +5,14 @@ import json
 import shutil
 
 import pytest
-from conftest import compose_cfg, read_metrics, run_train
-from fault_helpers import (JOB, SAVE_EVERY_3, assert_one_line_error, crashed_copy, finished_run, reference_run, run,
-                           tree)
 
 from po.data.toy import TOY_PATH
 from po.errors import ConfigError, POError
-from po.run.rundir import check_fingerprint, data_fingerprint
+from po.run.paths import RunPaths
+from po.run.rundir import check_fingerprint, data_sources_fingerprint
+from tests.helpers.faults import (JOB, SAVE_EVERY_3, assert_one_line_error, crashed_copy, finished_run, reference_run,
+                                  run, tree)
+from tests.helpers.runs import compose_cfg, read_metrics, run_train
 
 pytestmark = pytest.mark.slow
 
@@ -105,16 +106,16 @@ def test_hub_datasets_are_fingerprinted_by_their_cached_revision(tmp_path, monke
     monkeypatch.setenv("HF_HUB_CACHE", str(hub))
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(hub))
     cfg = compose_cfg(["data.path=org/prefs", "data.eval_path=org/not-downloaded"]).data
-    fingerprint = data_fingerprint(cfg)
+    fingerprint = data_sources_fingerprint(cfg)
     assert fingerprint["hub"]["org/prefs"] == "a" * 40
     assert fingerprint["hub"]["org/not-downloaded"].startswith("unresolved: no snapshot in the local")
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     (run_dir / "data_fingerprint.json").write_text(json.dumps(fingerprint))
-    check_fingerprint(run_dir, cfg)  # unchanged: accepted
+    check_fingerprint(RunPaths(run_dir), cfg)  # unchanged: accepted
     (repo / "refs" / "main").write_text("b" * 40)
     with pytest.raises(POError, match=f"dataset org/prefs is now at revision {'b' * 40} .* started on revision"):
-        check_fingerprint(run_dir, OmegaConf.create(OmegaConf.to_container(cfg)))
+        check_fingerprint(RunPaths(run_dir), OmegaConf.create(OmegaConf.to_container(cfg)))
 
 
 def test_checkpoint_past_max_steps_is_refused(tmp_path):

@@ -4,7 +4,8 @@ command resumes at the saved step, and the whole run's per-step losses equal an 
 import signal
 
 import pytest
-from fault_helpers import assert_same_losses, finish, loss_steps, run, start, wait_for_step
+
+from tests.helpers.faults import assert_same_losses, finish, loss_steps, run, start, wait_for_step
 
 pytestmark = pytest.mark.slow
 

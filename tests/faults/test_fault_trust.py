@@ -5,13 +5,15 @@ import shutil
 
 import pytest
 import torch
-from conftest import run_train
-from fault_helpers import JOB, SAVE_EVERY_3, TOL, finished_run, loss_steps
 
 import po.run.job
-from po.trainer import checkpoints
 from po.errors import ConfigError
-from po.run.rundir import RUN_ID
+from po.run.paths import RunPaths
+from po.trainer import checkpoints
+from tests.helpers.faults import JOB, SAVE_EVERY_3, TOL, finished_run, loss_steps
+from tests.helpers.runs import run_train
+
+RUN_ID = RunPaths('.').run_id.name
 
 pytestmark = pytest.mark.slow
 UNTRUSTED = "was not written by this run directory"

@@ -16,11 +16,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import compose_cfg, run_train
-from fault_helpers import JOB, env, finished_run
 
+import po.models.policy
 import po.run.job
 from po.errors import ConfigError
+from tests.helpers.faults import JOB, env, finished_run
+from tests.helpers.runs import compose_cfg, run_train
 
 OUTPUTS = ("model", "metrics.jsonl", "summary.json", "resolved_config.yaml", "checkpoints")
 
@@ -139,7 +140,7 @@ def test_zero_step_run_is_refused_after_data_before_model(tmp_path, monkeypatch)
     def no_model(*args, **kwargs):
         raise AssertionError("the policy was loaded for a run that cannot train")
 
-    monkeypatch.setattr(po.run.job, "load_policy", no_model)
+    monkeypatch.setattr(po.models.policy, "load_policy", no_model)
     cfg = compose_cfg(["data=jsonl", f"data.path={data}", "data.eval_fraction=0",
                        f"data.cache_dir={tmp_path / 'cache'}", "trainer.per_device_train_batch_size=8"])
     with pytest.raises(ConfigError) as exc:

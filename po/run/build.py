@@ -1,0 +1,166 @@
+"""Build everything a run trains with, from a composed config: arguments, data, models, reference, trainer.
+
+Order (nothing heavy before it is needed): `TrainingArguments` (which starts a multi-process launch's process
+group), tokenizer, data (tokenized once, cached), the zero-step check, the policy (with PEFT), the row layout, the
+reference source the `reference` group names, the trainer. `build_trainer` takes already-loaded data, loss or
+tokenizer, so a study (recipes/) can train the same way on data it made itself.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from transformers import TrainingArguments, set_seed
+
+from losses.base import PreferenceLoss
+from po.atomic import write_json_atomic
+from po.config import trainer_kwargs
+from po.data.collate import KeyedCollator, PackedPairCollator, PairCollator
+from po.data.load import PreferenceData, load_preference_data
+from po.models import policy as policy_models
+from po.models.peft import apply_peft, quantization_kwargs
+from po.models.tokenizer import load_tokenizer
+from po.models.zero import prepare_reference
+from po.run.distributed import deepspeed_cpu_state, is_main_process, world_size
+from po.run.paths import RunPaths
+from po.run.refcache import cache_dir, cache_key, cache_path, compute_table, open_cache
+from po.run.validate import validate
+from po.run.values import check_trains
+from po.step.extras import needs_extras
+from po.step.layouts import packing_support
+from po.step.reference import AdapterReference, FrozenModelReference, ReferenceSource, resolve_strategy
+from po.trainer.metrics import MetricsJsonl
+from po.trainer.preference_trainer import PreferenceTrainer
+from po.trainer.reliable import ReliabilitySettings
+
+log = logging.getLogger(__name__)
+
+
+def training_arguments(trainer_cfg: DictConfig, deepspeed_cfg: DictConfig, seed: int,
+                       output_dir: Path) -> TrainingArguments:
+    """The `trainer` group (and the `deepspeed` group's config) as `TrainingArguments`. Under a multi-process launch
+    this starts the process group."""
+    kwargs = trainer_kwargs(trainer_cfg)
+    kwargs.update(output_dir=str(output_dir), remove_unused_columns=False, seed=seed, data_seed=seed)
+    if deepspeed_cfg.get("config"):
+        kwargs["deepspeed"] = OmegaConf.to_container(deepspeed_cfg.config, resolve=True)
+        kwargs.update(deepspeed_cpu_state(deepspeed_cfg, trainer_cfg.get("ddp_backend")))  # CPU: gloo
+    elif world_size() > 1 and not torch.cuda.is_available() and not kwargs.get("use_cpu"):
+        # Without use_cpu, accelerate does not join CPU processes into one job: each would train alone.
+        log.info("multi-process run without CUDA: using CPU data parallelism (trainer.use_cpu=true)")
+        kwargs["use_cpu"] = True
+    return TrainingArguments(**kwargs)
+
+
+def load_data(cfg: DictConfig, tokenizer) -> PreferenceData:
+    """The `data` group's pairs, carrying the weighting's annotator column when it names one."""
+    column = cfg.weighting.get("annotator_column")
+    return load_preference_data(cfg.data, tokenizer, cfg.seed, carry={"annotator": column} if column else None)
+
+
+def choose_collator(enabled: bool, model: torch.nn.Module, pad_token_id: int, max_length: int | None = None):
+    """The packed collator where it is exact for `model`, else the plain one (with a one-line notice)."""
+    if not enabled:
+        return PairCollator(pad_token_id)
+    ok, why = packing_support(model, max_length)
+    if not ok:
+        log.warning("trainer.packing: falling back to one row per response (%s)", why)
+        return PairCollator(pad_token_id)
+    return PackedPairCollator(pad_token_id)
+
+
+@dataclass
+class BuiltReference:
+    """What `build_reference` made: the source (None: reference-free), and facts for the summary."""
+
+    source: ReferenceSource | None
+    collator: Any
+    facts: dict[str, Any] = field(default_factory=dict)
+    models_loaded: int = 0
+
+
+def build_reference(cfg: DictConfig, loss: PreferenceLoss, tokenizer, data: PreferenceData, policy: torch.nn.Module,
+                    collator, args: TrainingArguments) -> BuiltReference:
+    """The reference source the `reference` group names (`auto`: none for a reference-free loss, the adapter-disabled
+    policy under PEFT, else a frozen copy), ZeRO-3 sharding of a frozen copy included. `reference=cached` adds the
+    pair keys to the collator and loads a reference model only on a cache miss."""
+    strategy = resolve_strategy(cfg.reference.strategy, loss.needs_reference, cfg.peft.get("method", "none"))
+    if strategy == "none" or not loss.needs_reference:
+        return BuiltReference(None, collator, {"reference": "none"})
+    if strategy == "adapter":
+        return BuiltReference(AdapterReference(), collator, {"reference": strategy})
+    if strategy == "model":
+        model = policy_models.load_reference(cfg.model, tokenizer, cfg.seed, policy).to(args.device)
+        ds_config = args.hf_deepspeed_config.config if args.deepspeed else None  # ZeRO-3: sharded like the policy
+        source = FrozenModelReference(prepare_reference(model, ds_config, args.world_size))
+        return BuiltReference(source, collator, {"reference": strategy}, models_loaded=1)
+    keyed = KeyedCollator(collator)
+    source, cache = open_reference_cache(cfg, tokenizer, data, keyed, args.device, args.per_device_eval_batch_size)
+    return BuiltReference(source, keyed, {"reference": strategy, "reference_cache": cache},
+                          models_loaded=int(not cache["hit"]))
+
+
+def open_reference_cache(cfg: DictConfig, tokenizer, data: PreferenceData, collator: KeyedCollator | None,
+                         device, batch_size: int, must_write: bool = False):
+    """`reference=cached`: the verified cache for this model, tokenizer, data and settings, filled on a miss (the
+    only case that loads a reference model). `collator` None: the layout po-train would choose (po-cache-ref)."""
+    datasets = [data.train, data.eval]
+    key, _ = cache_key(cfg.model, cfg.data, cfg.seed, tokenizer, datasets)
+
+    def fill() -> dict[str, Any]:
+        model = policy_models.load_reference(cfg.model, tokenizer, cfg.seed, None).to(device)
+        keyed = collator or KeyedCollator(choose_collator(cfg.trainer.packing, model, tokenizer.pad_token_id,
+                                                          cfg.data.max_length))
+        return compute_table(model, datasets, keyed, key, batch_size, device, cfg.trainer.logps_chunk_size)
+
+    return open_cache(cache_path(cache_dir(cfg.reference), key), key, fill, must_write)
+
+
+def build_trainer(cfg: DictConfig, run_dir: Path, *, data: PreferenceData | None = None,
+                  loss: PreferenceLoss | None = None, tokenizer=None,
+                  args: TrainingArguments | None = None) -> tuple[PreferenceTrainer, Any, dict]:
+    """Everything up to `trainer.train()`; returns the trainer, the tokenizer and facts for the summary.
+
+    `loss` (from `validate`), `tokenizer`, `data` and `args` are built here when not given."""
+    paths = RunPaths(run_dir)
+    loss = validate(cfg) if loss is None else loss
+    args = training_arguments(cfg.trainer, cfg.deepspeed, cfg.seed, paths.checkpoints) if args is None else args
+    set_seed(cfg.seed)
+    tokenizer = load_tokenizer(cfg.model) if tokenizer is None else tokenizer
+    data = load_data(cfg, tokenizer) if data is None else data
+    check_trains(cfg.trainer, len(data.train), world_size())  # 0 optimizer steps is an error, before any model
+    if data.annotator_ids is not None and cfg.weighting.get("annotator_column"):
+        loss.bind_annotators(list(data.annotator_ids))
+        if is_main_process():
+            write_json_atomic(paths.annotators, data.annotator_ids)
+    policy = policy_models.load_policy(cfg.model, tokenizer, cfg.seed, **quantization_kwargs(cfg.peft))
+    policy = apply_peft(policy, cfg.peft, checkpointing=bool(cfg.model.get("gradient_checkpointing")))
+    # Losses that need extras (token KL, hidden states: SparsePO) read per-row model outputs: they use plain rows.
+    packing = cfg.trainer.packing and not needs_extras(loss)
+    collator = choose_collator(packing, policy, tokenizer.pad_token_id, cfg.data.max_length)
+    reference = build_reference(cfg, loss, tokenizer, data, policy, collator, args)
+    trainer = PreferenceTrainer(
+        model=policy, args=args, train_dataset=data.train, eval_dataset=data.eval,
+        data_collator=reference.collator, processing_class=tokenizer,
+        callbacks=[MetricsJsonl(paths.metrics)], loss_module=loss, reference=reference.source,
+        logps_chunk_size=cfg.trainer.logps_chunk_size,
+    )
+    trainer.reliability = ReliabilitySettings(cfg.trainer.max_bad_steps, cfg.trainer.checkpoint_checksums,
+                                              nonfinite_report=paths.nonfinite_steps,
+                                              preempted_marker=paths.preempted)
+    facts = {
+        **reference.facts,
+        "models_loaded": 1 + reference.models_loaded,
+        "policy_parameters": policy_models.count_parameters(policy),
+        "data": {split: report.as_dict() for split, report in data.reports.items()},
+        "pairs_per_optimizer_step": args.per_device_train_batch_size * args.gradient_accumulation_steps
+        * args.world_size,
+    }
+    log.info("reference: %s; pairs per optimizer step: %d; policy parameters: %d", facts["reference"],
+             facts["pairs_per_optimizer_step"], facts["policy_parameters"])
+    return trainer, tokenizer, facts
