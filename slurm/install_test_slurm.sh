@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
-# Install a one-node test Slurm (Debian packages) for the tests in tests/cluster/ (test_slurm.py, test_sweeps.py).
+# Install the test Slurm (Debian packages) for the tests in tests/cluster/: the one-node cluster (test_slurm.py,
+# test_sweeps.py) and the two-node one built from network namespaces (test_multinode.py: also ip, unshare, nsenter).
 # Run:   sudo bash slurm/install_test_slurm.sh        (Debian/Ubuntu, root; ~20 s; .ci/run calls it)
-# It only installs packages; tests/slurm_fixture.py writes the config and starts/stops the daemons per session.
+# It only installs packages; tests/helpers/slurm.py and tests/helpers/multinode.py write the configs and start/stop
+# the daemons per test session.
 set -euo pipefail
 
-PACKAGES=(slurmd slurmctld slurm-client munge)
+PACKAGES=(slurmd slurmctld slurm-client munge iproute2 util-linux)
 
 if command -v sbatch >/dev/null && command -v slurmctld >/dev/null && command -v slurmd >/dev/null \
-    && command -v munged >/dev/null; then
+    && command -v munged >/dev/null && command -v ip >/dev/null && command -v nsenter >/dev/null; then
   echo "install_test_slurm: already installed: slurm $(dpkg-query -W -f '${Version}' slurmctld 2>/dev/null)"
   exit 0
 fi

@@ -4,9 +4,10 @@ An entry is one folder `DIR/<key>/` written by `datasets.Dataset.save_to_disk`, 
 and sha256 of every other file), written last. The folder is built under a temporary name beside its place and
 renamed into it (`po.atomic.staged_dir`), so a concurrent reader sees a whole entry or none.
 
-Reading hashes every file of the entry (streamed, 8 MiB at a time) before the table is loaded. An entry with a file
-missing, truncated, changed or unreadable, or without a manifest (written by an older po, or damaged), is reported
-in one warning line naming its folder and treated as a miss: the rows are tokenized again and the entry replaced.
+Reading hashes every file of the entry (streamed, 8 MiB at a time) before the table is loaded into memory: a reader
+never writes into an entry, so any number of ranks and runs can read it at once. An entry with a file missing,
+truncated, changed or unreadable, or without a manifest (written by an older po, or damaged), is reported in one
+warning line naming its folder and treated as a miss: the rows are tokenized again and the entry replaced.
 Verifying costs one sequential read of the entry, about 1 s per GB (docs/data.md has the measurement).
 
 A cache that cannot be written (disk full, read-only or unwritable folder) is a warning, not an error: the run goes
@@ -55,8 +56,9 @@ def load(folder: Path):
         return None
     reason = problem(folder)
     if reason is None:
-        try:
-            return datasets.load_from_disk(str(folder))
+        try:  # read into memory, as a miss leaves the table: datasets would otherwise write its own cache files
+            # (select, flatten_indices) into the entry's folder, which its manifest then reports as damaged
+            return datasets.load_from_disk(str(folder), keep_in_memory=True)
         except Exception as exc:  # verified yet unloadable (e.g. written by another datasets version)
             reason = f"does not load ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
     log.warning("tokenized-data cache entry %s %s; tokenizing again and replacing it", folder, reason)

@@ -9,8 +9,10 @@ Under ZeRO-1/2 every rank holds full weights anyway, so the reference stays a pl
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
+from collections.abc import Iterator
 
 import torch
 
@@ -53,6 +55,28 @@ def prepare_reference(model: torch.nn.Module, ds_config: dict | None, world_size
     return engine
 
 
+@contextlib.contextmanager
+def without_zero3_init() -> Iterator[None]:
+    """Models built inside are whole, plain modules even when the run uses ZeRO-3.
+
+    Under ZeRO-3 transformers builds every model inside `deepspeed.zero.Init`, which shards it over all ranks: such
+    a model runs only inside a DeepSpeed engine, and only when every rank runs it together. A model that one rank
+    uses alone (the reference that fills `reference=cached` on a cache miss) or a plain copy to take weights from
+    must be built outside it.
+    """
+    from transformers.integrations import deepspeed as hf_deepspeed
+
+    ds_config = hf_deepspeed._hf_deepspeed_config_weak_ref() if hf_deepspeed._hf_deepspeed_config_weak_ref else None
+    if ds_config is None:
+        yield
+        return
+    hf_deepspeed.unset_hf_deepspeed_config()
+    try:
+        yield
+    finally:
+        hf_deepspeed.set_hf_deepspeed_config(ds_config)
+
+
 def copy_plain_init(model: torch.nn.Module, build) -> None:
     """Give a model built under ZeRO-3's `zero.Init` the weights `build()` gives without DeepSpeed.
 
@@ -61,14 +85,9 @@ def copy_plain_init(model: torch.nn.Module, build) -> None:
     (small by construction) the plain build is made once and copied into the shards.
     """
     import deepspeed
-    from transformers.integrations import deepspeed as hf_deepspeed
 
-    ds_config = hf_deepspeed._hf_deepspeed_config_weak_ref()
-    hf_deepspeed.unset_hf_deepspeed_config()
-    try:
+    with without_zero3_init():
         plain = build()
-    finally:
-        hf_deepspeed.set_hf_deepspeed_config(ds_config)
     state = plain.state_dict()
     for name, param in model.named_parameters():
         with deepspeed.zero.GatheredParameters([param], modifier_rank=0):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +26,8 @@ from po.data.load import PreferenceData, load_preference_data
 from po.models import policy as policy_models
 from po.models.peft import apply_peft, quantization_kwargs
 from po.models.tokenizer import load_tokenizer
-from po.models.zero import prepare_reference
-from po.run.distributed import deepspeed_cpu_state, is_main_process, world_size
+from po.models.zero import prepare_reference, without_zero3_init
+from po.run.distributed import deepspeed_cpu_state, is_main_process, main_first, world_size
 from po.run.paths import RunPaths
 from po.run.refcache import cache_dir, cache_key, cache_path, compute_table, open_cache
 from po.run.validate import validate
@@ -58,9 +59,14 @@ def training_arguments(trainer_cfg: DictConfig, deepspeed_cfg: DictConfig, seed:
 
 
 def load_data(cfg: DictConfig, tokenizer) -> PreferenceData:
-    """The `data` group's pairs, carrying the weighting's annotator column when it names one."""
+    """The `data` group's pairs, carrying the weighting's annotator column when it names one.
+
+    The tokenized-data cache is filled once per job: global rank 0 tokenizes (or reads the cache) first, the other
+    ranks, on every node, then read its entry (`main_first`). Without a cache each rank tokenizes for itself."""
     column = cfg.weighting.get("annotator_column")
-    return load_preference_data(cfg.data, tokenizer, cfg.seed, carry={"annotator": column} if column else None)
+    carry = {"annotator": column} if column else None
+    load = partial(load_preference_data, cfg.data, tokenizer, cfg.seed, carry=carry)
+    return main_first(load) if cfg.data.get("cache", True) else load()
 
 
 def choose_collator(enabled: bool, model: torch.nn.Module, pad_token_id: int, max_length: int | None = None):
@@ -113,12 +119,14 @@ def open_reference_cache(cfg: DictConfig, tokenizer, data: PreferenceData, colla
     key, _ = cache_key(cfg.model, cfg.data, cfg.seed, tokenizer, datasets)
 
     def fill() -> dict[str, Any]:
-        model = policy_models.load_reference(cfg.model, tokenizer, cfg.seed, None).to(device)
+        with without_zero3_init():  # one process computes the values alone: a whole model, not ZeRO-3 shards
+            model = policy_models.load_reference(cfg.model, tokenizer, cfg.seed, None).to(device)
         keyed = collator or KeyedCollator(choose_collator(cfg.trainer.packing, model, tokenizer.pad_token_id,
                                                           cfg.data.max_length))
         return compute_table(model, datasets, keyed, key, batch_size, device, cfg.trainer.logps_chunk_size)
 
-    return open_cache(cache_path(cache_dir(cfg.reference), key), key, fill, must_write)
+    # Filled by global rank 0 on a miss while the other ranks wait, then read by them: one fill per job.
+    return main_first(partial(open_cache, cache_path(cache_dir(cfg.reference), key), key, fill, must_write))
 
 
 def build_trainer(cfg: DictConfig, run_dir: Path, *, data: PreferenceData | None = None,

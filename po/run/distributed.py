@@ -9,7 +9,9 @@ starts the process group itself (DeepSpeed's CPU accelerator, gloo) and tells `T
 
 Decisions that touch the file system are taken by global rank 0 alone and sent to the others (`run_on_main`): the
 run directory's lock and what a start does with it, and the temporary folder the final model is written into
-(`staged_dir_for_all_ranks`), so ranks never act on a file system another rank is changing.
+(`staged_dir_for_all_ranks`), so ranks never act on a file system another rank is changing. Shared caches are
+filled the same way (`main_first`): rank 0 fills them, the others then read them, so a cache is filled once per
+job, not once per rank or per node.
 """
 
 from __future__ import annotations
@@ -162,6 +164,21 @@ def run_on_main(fn: Callable[[], T]) -> T:
     if outcome[2]:
         raise POError(outcome[1])
     raise RuntimeError(f"rank 0 failed: {outcome[1]}")
+
+
+def main_first(fn: Callable[[], T]) -> T:
+    """Call `fn` on global rank 0, then on every other rank once rank 0 has returned; each rank gets its own result.
+
+    For work that fills a shared cache (tokenized data, reference log-probs): rank 0 fills it while the others wait
+    (bounded by the process group's timeout, `trainer.ddp_timeout`), then they read what rank 0 stored instead of
+    computing it again, on this node or any other that sees the same file system. When rank 0 fails, every rank
+    raises its error (as `run_on_main`) instead of repeating the failing work.
+    """
+    if _process_group_size() == 1:
+        return fn()
+    mine: list[T] = []
+    run_on_main(lambda: mine.append(fn()))  # rank 0 only; the others wait in its broadcast
+    return mine[0] if mine else fn()
 
 
 @contextlib.contextmanager

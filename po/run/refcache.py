@@ -21,6 +21,11 @@ loading it (docs/performance.md). A file that cannot be written (disk full, read
 `po-train`, which goes on with the values in memory, and an error for `po-cache-ref`, whose job is to write it.
 
 Only losses whose `needs` are a subset of {"token_logps"} can use it (`po.run.validate` refuses the others).
+
+In a multi-process job global rank 0 fills the cache on a miss while the other ranks wait, then they read it
+(`po.run.build` through `po.run.distributed.main_first`): one fill per job. The values are computed by that one
+process with a whole (not ZeRO-3-sharded) reference model, as `po-cache-ref` does; a reference too big for one device
+is cached ahead with `po-cache-ref` on a machine that holds it.
 """
 
 from __future__ import annotations

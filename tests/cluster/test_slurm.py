@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.runs import REPO, read_metrics
-from tests.helpers.slurm import SlurmCluster, job_env, slurm_cluster, sweep_point  # noqa: F401  (fixture)
+from tests.helpers.slurm import (SlurmCluster, job_env, release_when_requeued, slurm_cluster,  # noqa: F401  (fixture)
+                                 sweep_point)
 
 # A tiny job: few steps, no progress bars, no evaluation before training.
 TINY = ["trainer.max_steps=4", "trainer.logging_steps=2", "trainer.disable_tqdm=true", "eval.before_training=false"]
@@ -112,26 +113,6 @@ def _wait_for_step(run_dir: Path, timeout: float = 240) -> int:
     raise AssertionError(f"no training step logged in {run_dir} after {timeout} s")
 
 
-def _release_when_requeued(cluster: SlurmCluster, job: str, timeout: float = 240) -> list[str]:
-    """Slurm holds a requeued job for about 2 minutes (Reason=BeginTime); start it sooner to keep the test short.
-    Returns the states seen (for failure messages)."""
-    seen: list[str] = []
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        state, restarts = cluster.job_state(job), int(cluster.job_field(job, "Restarts") or 0)
-        if not seen or seen[-1] != f"{state}/{restarts}":
-            seen.append(f"{state}/{restarts}")
-        if state == "PENDING" and restarts >= 1:
-            # Not at once: right after a requeue slurmd still refuses the job id ("already killed").
-            time.sleep(10)
-            cluster.run("scontrol", "update", f"JobId={job}", "StartTime=now", check=False)
-            return seen
-        if state in {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"}:
-            return seen  # not requeued: the assertions below say what happened
-        time.sleep(0.2)
-    return seen
-
-
 @pytest.mark.slow
 def test_pre_timeout_signal_checkpoints_requeues_and_resumes(slurm_cluster: SlurmCluster, tmp_path: Path):
     """Slurm's warning signal (USR1 to the batch script, as --signal=B:USR1@N sends it) while training: the ranks
@@ -143,7 +124,7 @@ def test_pre_timeout_signal_checkpoints_requeues_and_resumes(slurm_cluster: Slur
                   "trainer.disable_tqdm=true", "eval.before_training=false")
     _wait_for_step(run_dir)
     slurm_cluster.run("scancel", "--batch", "--signal=USR1", job)  # what Slurm sends at time limit minus N s
-    seen = _release_when_requeued(slurm_cluster, job)
+    seen = release_when_requeued(slurm_cluster, job)
     state = slurm_cluster.wait_job(job, timeout=420)
     log = _job_log(tmp_path, job)
     details = slurm_cluster.run("scontrol", "show", "job", job, check=False).stdout
@@ -180,7 +161,7 @@ def test_submitit_point_checkpoints_on_signal_requeues_and_resumes(slurm_cluster
         _wait_for_step(run_dir)
         job = next(p.name for p in (sweep / ".submitit").iterdir() if p.name.endswith("_0"))
         slurm_cluster.run("scancel", "--signal=USR1", job)
-        _release_when_requeued(slurm_cluster, job)
+        release_when_requeued(slurm_cluster, job)
         output, _ = driver.communicate(timeout=420)
     finally:
         if driver.poll() is None:

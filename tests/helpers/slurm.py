@@ -85,6 +85,26 @@ def sweep_point(sweep: Path, override: str) -> Path:
     return dirs[0]
 
 
+def release_when_requeued(cluster: SlurmCluster, job: str, timeout: float = 240) -> list[str]:
+    """Slurm holds a requeued job for about 2 minutes (Reason=BeginTime); start it sooner to keep the test short.
+    Returns the states seen (for failure messages)."""
+    seen: list[str] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        state, restarts = cluster.job_state(job), int(cluster.job_field(job, "Restarts") or 0)
+        if not seen or seen[-1] != f"{state}/{restarts}":
+            seen.append(f"{state}/{restarts}")
+        if state == "PENDING" and restarts >= 1:
+            # Not at once: right after a requeue slurmd still refuses the job id ("already killed").
+            time.sleep(10)
+            cluster.run("scontrol", "update", f"JobId={job}", "StartTime=now", check=False)
+            return seen
+        if state in {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"}:
+            return seen  # not requeued: the assertions below say what happened
+        time.sleep(0.2)
+    return seen
+
+
 def missing_binaries() -> list[str]:
     return [b for b in BINARIES if shutil.which(b) is None]
 

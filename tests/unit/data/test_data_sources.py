@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import po.data.prepare as prepare
+from po.data import cache
 from tests.helpers.data import load, write_jsonl
 from tests.helpers.runs import compose_cfg
 
@@ -27,6 +28,24 @@ def test_second_run_reuses_the_cache_and_max_length_invalidates_it(tmp_path):
     write_jsonl(path, rows(8, tag="edited "))  # new content, same file name: re-tokenized
     load(path, "data.max_length=64")
     assert prepare.TOKENIZE_RUNS == start + 3
+
+
+def test_a_cache_hit_leaves_the_entry_as_it_was(tmp_path):
+    """Reading an entry writes nothing into it, so every later run is a hit as well. (datasets used to put its own
+    cache files for `select`/`flatten_indices` into the entry's folder; the manifest does not list them, so every
+    other run saw a damaged entry, warned and tokenized again, and ranks reading it replaced each other's entry.)"""
+
+
+    path = write_jsonl(tmp_path / "c.jsonl", rows(8))
+    load(path, "data.eval_fraction=0.25")
+    [entry] = [p for p in (tmp_path / "cache").iterdir() if not p.name.startswith(".")]
+    files = sorted(p.name for p in entry.iterdir())
+    start = prepare.TOKENIZE_RUNS
+    for _ in range(3):
+        assert load(path, "data.eval_fraction=0.25").reports["train"].cache == "hit"
+    assert prepare.TOKENIZE_RUNS == start
+    assert sorted(p.name for p in entry.iterdir()) == files and cache.problem(entry) is None
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == [entry.name]
 
 
 def test_cache_hit_gives_the_same_records(tmp_path):
