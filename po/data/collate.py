@@ -21,7 +21,7 @@ PackedPairCollator ->
     response_mask  [[0, 0, 0, 1, 1, 1, 0, 1, 1], [0, 0, 1, 1, 0, 1, 1, 1, 1]]
     pack_bounds    [[2, 6, 9], [1, 4, 9]]   (chosen_start, rejected_start, length; the 4D mask is built from it)
     row_ids        [0, 1]
-Both carry `annotator` and `weight` too when the data has them (`carried_columns`).
+Both carry `annotator`, `weight`, `margin` and `confidence` too when the data has them (`carried_columns`).
 """
 
 from __future__ import annotations
@@ -106,9 +106,10 @@ class KeyedCollator:
 
 
 def carried_columns(examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-    """Per-pair values every layout passes through: row ids and the optional annotator and weight columns."""
+    """Per-pair (per-list) values every layout passes through: row ids and the optional annotator and signal
+    columns (weight, margin, confidence)."""
     out = {"row_ids": torch.tensor([e["row_id"] for e in examples], dtype=torch.long)}
-    for key in ("annotator", "weight"):
+    for key in ("annotator", "weight", "margin", "confidence"):
         if key in examples[0]:
             out[key] = torch.tensor([e[key] for e in examples])
     return out

@@ -21,6 +21,7 @@ import torch
 
 from po.errors import POError
 from po.step.layouts import batch_response_masks, batch_token_logps
+from po.step.list_layouts import list_token_logps
 from po.step.logprobs import unwrap
 
 STRATEGIES = ("auto", "model", "adapter", "cached", "none")
@@ -38,6 +39,11 @@ class ReferenceSource:
     def logps(self, policy: torch.nn.Module, inputs: dict[str, torch.Tensor], chunk_size: int = 256) -> torch.Tensor:
         """Response-aligned `[2B, L]` reference log-probs of the batch (either row layout)."""
         return self.run(policy, lambda model: batch_token_logps(model, inputs, chunk_size))
+
+    def list_logps(self, policy: torch.nn.Module, inputs: dict[str, torch.Tensor],
+                   chunk_size: int = 256) -> torch.Tensor:
+        """Response-aligned `[B, K, L]` reference log-probs of a list batch (either list layout)."""
+        return self.run(policy, lambda model: list_token_logps(model, inputs, chunk_size))
 
 
 class FrozenModelReference(ReferenceSource):
