@@ -42,3 +42,23 @@ def test_train_on_ranked_lists(tmp_path, ranked_file, overrides):
     assert len(train) == 3 and all(math.isfinite(m["loss"]) for m in train)
     evals = [m for m in metrics if "eval_loss" in m]
     assert evals and math.isfinite(evals[-1]["eval_loss"])
+
+
+def test_signal_columns_reach_the_loss(tmp_path):
+    """Pair data with weight, margin and confidence columns: weights 0 make the logged loss 0; a margin of 5 raises
+    the first step's DPO loss above the plain run's; confidence 1 changes nothing."""
+    from po.data.toy import generate
+
+    def run(name, extra, overrides):
+        path = tmp_path / f"{name}.jsonl"
+        path.write_text("".join(json.dumps({**r, **extra}) + "\n" for r in generate(40, seed=2)))
+        run_train(tmp_path / name, ["data=jsonl", f"data.path={path}", "data.max_length=64", "data.eval_fraction=0",
+                                    "trainer.max_steps=2", "trainer.logging_steps=1", "loss=dpo", *overrides],
+                  fast=False)
+        return [m["loss"] for m in read_metrics(tmp_path / name) if "loss" in m]
+
+    plain = run("plain", {}, [])
+    confident = run("confident", {"c": 1.0}, ["data.extra_columns.confidence=c"])
+    assert confident == pytest.approx(plain, abs=1e-6)
+    assert run("zero", {"w": 0.0}, ["data.extra_columns.weight=w"]) == [0.0, 0.0]
+    assert run("margin", {"m": 5.0}, ["data.extra_columns.margin=m"])[0] > plain[0] + 1.0
