@@ -19,6 +19,7 @@ from po.step.reference import ReferenceSource
 from po.trainer.evaluation import loss_independent_metrics
 from po.trainer.loss_hooks import AfterOptimizerStep, LossGradients, load_loss_state, loss_param_groups, save_loss_state
 from po.trainer.metrics import MetricAccumulator
+from po.trainer.ranking import ranking_metrics
 from po.trainer.reliable import ReliableTrainerMixin
 
 
@@ -46,6 +47,8 @@ class PreferenceTrainer(ReliableTrainerMixin, Trainer):
         acc.add(out.metrics)
         if not model.training:
             acc.add(loss_independent_metrics(step.pairs))
+            if step.lists is not None:  # held-out ranked lists: eval_rank/ndcg, eval_rank/kendall_tau
+                acc.add(ranking_metrics(step.lists))
         tokens = inputs["attention_mask"].sum()  # a tensor: no device sync on the hot path
         acc.add_total("num_tokens", tokens)
         if model.training:

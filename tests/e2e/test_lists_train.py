@@ -42,6 +42,8 @@ def test_train_on_ranked_lists(tmp_path, ranked_file, overrides):
     assert len(train) == 3 and all(math.isfinite(m["loss"]) for m in train)
     evals = [m for m in metrics if "eval_loss" in m]
     assert evals and math.isfinite(evals[-1]["eval_loss"])
+    for name in ("eval_rank/ndcg", "eval_rank/kendall_tau"):  # held-out lists: ranking metrics, logged and summed up
+        assert -1 <= evals[-1][name] <= 1 and name in summary["eval"] and name in summary["eval_before"]
 
 
 def test_signal_columns_reach_the_loss(tmp_path):
