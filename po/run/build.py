@@ -131,7 +131,7 @@ def open_reference_cache(cfg: DictConfig, tokenizer, data: PreferenceData, colla
     def fill() -> dict[str, Any]:
         model = policy_models.load_reference(cfg.model, tokenizer, cfg.seed, None).to(device)
         keyed = collator or KeyedCollator(choose_collator(cfg.trainer.packing, model, tokenizer.pad_token_id,
-                                                          cfg.data.max_length))
+                                                          cfg.data.max_length, data.lists))
         return compute_table(model, datasets, keyed, key, batch_size, device, cfg.trainer.logps_chunk_size)
 
     return open_cache(cache_path(cache_dir(cfg.reference), key), key, fill, must_write)

@@ -64,3 +64,24 @@ def test_signal_columns_reach_the_loss(tmp_path):
     assert confident == pytest.approx(plain, abs=1e-6)
     assert run("zero", {"w": 0.0}, ["data.extra_columns.weight=w"]) == [0.0, 0.0]
     assert run("margin", {"m": 5.0}, ["data.extra_columns.margin=m"])[0] > plain[0] + 1.0
+
+
+def test_reference_cache_and_po_cache_ref_serve_lists(tmp_path, ranked_file):
+    """po-cache-ref stores one entry per (prompt, response); a run with reference=cached reads them (a hit, no
+    reference model) and logs the same losses as a run with the frozen reference model."""
+    from po.cli.cache_ref import fill_reference_cache
+    from tests.helpers.runs import compose_cfg
+
+    common = ["data=jsonl", f"data.path={ranked_file}", "data.max_length=64", "data.eval_fraction=0.2",
+              "trainer.max_steps=2", "trainer.logging_steps=1", "loss=lipo"]
+    cache = ["reference=cached", f"reference.dir={tmp_path / 'ref'}"]
+    facts = fill_reference_cache(compose_cfg([*common, *cache]))
+    rows = [json.loads(line) for line in ranked_file.read_text().splitlines()]
+    distinct = {(json.dumps(r["prompt"]), json.dumps(y)) for r in rows for y in r["responses"]}
+    assert not facts["hit"] and facts["unit"] == "responses" and facts["pairs"] == len(distinct) < 16 * 3 + 44 * 4
+    cached = run_train(tmp_path / "cached", [*common, *cache], fast=False)
+    assert cached["reference_cache"]["hit"] and cached["models_loaded"] == 1
+    run_train(tmp_path / "model", [*common, "reference=model"], fast=False)
+    a = [m["loss"] for m in read_metrics(tmp_path / "cached") if "loss" in m]
+    b = [m["loss"] for m in read_metrics(tmp_path / "model") if "loss" in m]
+    assert a == pytest.approx(b, abs=1e-5)
