@@ -85,3 +85,16 @@ def test_reference_cache_and_po_cache_ref_serve_lists(tmp_path, ranked_file):
     a = [m["loss"] for m in read_metrics(tmp_path / "cached") if "loss" in m]
     b = [m["loss"] for m in read_metrics(tmp_path / "model") if "loss" in m]
     assert a == pytest.approx(b, abs=1e-5)
+
+
+def test_lora_on_lists_uses_the_adapter_disabled_policy_as_reference(tmp_path, ranked_file):
+    """peft=lora: reference values per response from the policy with its adapters off; at the start (adapters are
+    zero) every log-ratio is 0, so Plackett-Luce DPO on a list of K untied responses is log K!."""
+    summary = run_train(tmp_path / "lora", ["data=jsonl", f"data.path={ranked_file}", "data.max_length=64",
+                                            "data.eval_fraction=0.2", "trainer.max_steps=2", "trainer.logging_steps=1",
+                                            "loss=pl_dpo", "peft=lora"], fast=False)
+    assert summary["reference"] == "adapter"
+    before = summary["eval_before"]
+    assert before["eval_rewards/margins"] == pytest.approx(0.0, abs=1e-6)
+    ks = [len(json.loads(line)["scores"]) for line in ranked_file.read_text().splitlines()]
+    assert math.log(6) - 1e-4 <= before["eval_loss"] <= math.log(24) + 1e-4 and max(ks) == 4
