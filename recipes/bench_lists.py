@@ -67,7 +67,8 @@ def overrides(args, wd: Path, mode: str) -> list[str]:
         "eval.before_training=false", f"loss={'pl_dpo' if mode == 'listwise' else 'dpo'}", "reference=model",
         f"trainer.max_steps={args.steps}", f"trainer.per_device_train_batch_size={per_step}",
         "trainer.logging_steps=1", "+trainer.train_sampling_strategy=sequential", "trainer.disable_tqdm=true",
-        "trainer.save_strategy=no", f"trainer.use_cpu={args.device == 'cpu'}", f"trainer.bf16={args.dtype == 'bfloat16'}",
+        "trainer.save_strategy=no", f"trainer.use_cpu={args.device == 'cpu'}",
+        f"trainer.bf16={args.dtype == 'bfloat16'}",
         "trainer.dataloader_drop_last=false", f"data.cache_dir={wd / 'tokenized'}",
     ]
 

@@ -2,8 +2,9 @@
 
 The result is a `datasets.Dataset` with one row per source row: `prompt_ids`, `chosen_ids`, `rejected_ids`
 (truncated to `max_length`), for a ranked list also `response_ids` and `scores` (K of each; chosen/rejected are then
-its best and worst response, for length statistics) with `dropped_responses` (fields) and `tied`, `status` ("" = kept, else the report class that drops it), `field` (the column a
-drop was found in, or ""), `truncated`, `where` and `extra` (carried columns as JSON). Splitting, mixing and the
+its best and worst response, for length statistics), `dropped_responses` (fields) and `tied`; `status` ("" = kept,
+else the report class that drops it), `field` (the column a drop was found in, or ""), `truncated`, `where` and
+`extra` (carried columns as JSON). Splitting, mixing and the
 report work on it by index, so a change of seed, split fraction or mixture weight reuses the cache.
 
 Message roles are checked here, where the tokenizer is known: a role must be `system`, `user` or `assistant`, or
@@ -32,7 +33,9 @@ from po.data.sources import Row
 from po.data.tokenize import leading_special_ids, tokenize_list, tokenize_pair, truncate, truncate_list
 from po.fingerprint import rows_fingerprint, tokenizer_fingerprint
 
-CACHE_VERSION = "3"  # 3: ranked lists (response_ids, scores), signal columns; 2: NaN, UTF-8, role and whitespace checks, the `field` column, checksummed entries
+# 3: ranked lists (response_ids, scores), signal columns; 2: NaN, UTF-8, role and whitespace checks, the `field`
+# column, checksummed entries
+CACHE_VERSION = "3"
 # How many times rows were actually tokenized in this process (a cache hit leaves it unchanged); tests read it.
 TOKENIZE_RUNS = 0
 
@@ -157,7 +160,8 @@ def tokenize_source(rows: list[Row], opts: FormatOptions, tokenizer, max_length:
         "truncated": datasets.Value("bool"), "status": datasets.Value("string"), "field": datasets.Value("string"),
         "where": datasets.Value("string"), "extra": datasets.Value("string"),
     })
-    inputs = datasets.Features({name: datasets.Value("string") for name in ("pair", "status", "field", "where", "extra")}
+    strings = ("pair", "status", "field", "where", "extra")
+    inputs = datasets.Features({name: datasets.Value("string") for name in strings}
                                | {"dropped_responses": features["dropped_responses"], "tied": features["tied"]})
     table = datasets.Dataset.from_dict(columns, features=inputs).map(
         PairTokenizer(tokenizer, max_length, max_prompt_length), remove_columns=["pair"], features=features,

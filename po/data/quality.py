@@ -64,7 +64,8 @@ class DataReport:
     def lines(self, split: str) -> list[str]:
         """One summary line, one line per issue class, one line of length statistics."""
         cache = f"; tokenized data: cache {self.cache}" if self.cache else ""
-        out = [f"data[{split}]: {self.kept} pairs kept of {self.rows} rows{cache}"]
+        unit = "pairs" if not self.list_sizes else "lists" if sum(self.list_sizes.values()) == self.kept else "rows"
+        out = [f"data[{split}]: {self.kept} {unit} kept of {self.rows} rows{cache}"]
         for attr, text, _ in CLASSES:
             wheres = getattr(self, attr)
             first = f" (first: {first_rows(wheres, self.fields)})" if wheres else ""

@@ -13,7 +13,7 @@ from po.report.runs import Run
 
 METRICS = ["eval_rewards/accuracies", "eval_rewards/margins", "eval_dpo/accuracy", "eval_logps/mean_token_chosen",
            "eval_loss", "eval_gen/length_mean", "eval_gen/kl_to_reference",
-           "eval_rank/ndcg", "eval_rank/kendall_tau"]  # ranking metrics: runs on ranked-list data (po/trainer/ranking.py)
+           "eval_rank/ndcg", "eval_rank/kendall_tau"]  # runs on ranked lists (po/trainer/ranking.py)
 LOWER_IS_BETTER = ("loss", "kl")
 
 

@@ -66,21 +66,26 @@ def load_data(cfg: DictConfig, tokenizer) -> PreferenceData:
 
 
 def choose_collator(enabled: bool, model: torch.nn.Module, pad_token_id: int, max_length: int | None = None,
-                    lists: bool = False):
+                    lists: bool = False, responses_per_row: int = 2):
     """The packed collator where it is exact for `model`, else the plain one (with a one-line notice). `lists`:
     the ranked-list collators (po/data/list_collate.py; its packed row generalizes the pair row, so the same probe
     decides)."""
     plain, packed = (ListCollator, PackedListCollator) if lists else (PairCollator, PackedPairCollator)
     if not enabled:
         return plain(pad_token_id)
-    ok, why = packing_support(model, max_length)
+    ok, why = packing_support(model, max_length, responses_per_row)
     if not ok:
         log.warning("trainer.packing: falling back to one row per response (%s)", why)
         return plain(pad_token_id)
     return packed(pad_token_id)
 
 
-def check_lists_fit(loss: PreferenceLoss, data: PreferenceData, reference_strategy: str) -> None:
+def longest_list(data: PreferenceData) -> int:
+    """The most responses one packed row holds: 2 for pairs, the longest ranked list's K for list data."""
+    return max([2] + [k for report in data.reports.values() for k in report.list_sizes])
+
+
+def check_lists_fit(loss: PreferenceLoss, data: PreferenceData) -> None:
     """Ranked-list data with a loss or reference that cannot take it: one line, before any model loads."""
     if not data.lists:
         return
@@ -131,7 +136,7 @@ def open_reference_cache(cfg: DictConfig, tokenizer, data: PreferenceData, colla
     def fill() -> dict[str, Any]:
         model = policy_models.load_reference(cfg.model, tokenizer, cfg.seed, None).to(device)
         keyed = collator or KeyedCollator(choose_collator(cfg.trainer.packing, model, tokenizer.pad_token_id,
-                                                          cfg.data.max_length, data.lists))
+                                                          cfg.data.max_length, data.lists, longest_list(data)))
         return compute_table(model, datasets, keyed, key, batch_size, device, cfg.trainer.logps_chunk_size)
 
     return open_cache(cache_path(cache_dir(cfg.reference), key), key, fill, must_write)
@@ -150,7 +155,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path, *, data: PreferenceData | None
     tokenizer = load_tokenizer(cfg.model) if tokenizer is None else tokenizer
     data = load_data(cfg, tokenizer) if data is None else data
     check_trains(cfg.trainer, len(data.train), world_size())  # 0 optimizer steps is an error, before any model
-    check_lists_fit(loss, data, cfg.reference.strategy)
+    check_lists_fit(loss, data)
     if data.annotator_ids is not None and cfg.weighting.get("annotator_column"):
         loss.bind_annotators(list(data.annotator_ids))
         if is_main_process():
@@ -159,7 +164,8 @@ def build_trainer(cfg: DictConfig, run_dir: Path, *, data: PreferenceData | None
     policy = apply_peft(policy, cfg.peft, checkpointing=bool(cfg.model.get("gradient_checkpointing")))
     # Losses that need extras (token KL, hidden states: SparsePO) read per-row model outputs: they use plain rows.
     packing = cfg.trainer.packing and not needs_extras(loss)
-    collator = choose_collator(packing, policy, tokenizer.pad_token_id, cfg.data.max_length, data.lists)
+    collator = choose_collator(packing, policy, tokenizer.pad_token_id, cfg.data.max_length, data.lists,
+                               longest_list(data))
     reference = build_reference(cfg, loss, tokenizer, data, policy, collator, args)
     trainer = PreferenceTrainer(
         model=policy, args=args, train_dataset=data.train, eval_dataset=data.eval,

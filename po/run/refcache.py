@@ -10,9 +10,9 @@ A changed model, tokenizer, data or setting is a different file, so a stale cach
 
 Pairs are looked up by a content digest of their token ids (`pair_keys`, added to each batch by `KeyedCollator`),
 which survives shuffling and is unique across the train and held-out splits. Ranked lists are stored per response:
-each (prompt, response) under its own digest (`response_keys`), so a response shared by lists is stored once. Files are written to a temporary name
-in the same folder and renamed into place (po.atomic): a killed writer leaves only a temporary file that no reader
-opens, and a writer that finds a valid file for its key already there (a concurrent run) discards its copy.
+each (prompt, response) under its own digest (`response_keys`), so a response shared by lists is stored once.
+Files are written to a temporary name in the same folder and renamed into place (po.atomic): a killed writer leaves
+only a temporary file that no reader opens, and a writer that finds a valid file for its key already there (a concurrent run) discards its copy.
 
 Every table carries `sha256`, a checksum of its content (every tensor's dtype, shape and bytes, and the other
 fields), recomputed and compared on every read. A file that does not load, fails the comparison (bytes flipped on
@@ -184,7 +184,8 @@ def compute_table(model: torch.nn.Module, datasets: Iterable[Any], collator: Key
             examples = [ds[i] for i in range(start, min(start + batch_size, len(ds)))]
             batch = {k: v.to(device) for k, v in collator(examples).items()}
             if is_list_batch(batch):
-                values, mask = list_token_logps(model, batch, chunk_size).float().cpu(), list_response_masks(batch).cpu()
+                values = list_token_logps(model, batch, chunk_size).float().cpu()
+                mask = list_response_masks(batch).cpu()
                 present = batch["present"].cpu()
                 for (i, k), response_key in zip(present.nonzero().tolist(),
                                                 batch["response_keys"].cpu()[present].tolist()):

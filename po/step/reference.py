@@ -104,7 +104,6 @@ class CachedReference(ReferenceSource):
                 out[row, :n] = v
         return out.to(mask.device)
 
-
     def list_logps(self, policy: torch.nn.Module, inputs: dict[str, torch.Tensor],
                    chunk_size: int = 256) -> torch.Tensor:
         if "response_keys" not in self.table:

@@ -45,7 +45,9 @@ def test_ranked_rows_become_lists_with_their_scores(tmp_path):
     report = data.reports["train"]
     assert report.list_sizes == {4: 1, 3: 1, 2: 1}
     assert report.tied == [f"{path} line 1"]
-    assert any("ranked lists kept: 3 (responses per prompt: 2: 1, 3: 1, 4: 1)" in line for line in report.lines("t"))
+    lines = report.lines("t")
+    assert lines[0].startswith("data[t]: 3 lists kept of 3 rows")
+    assert any("ranked lists kept: 3 (responses per prompt: 2: 1, 3: 1, 4: 1)" in line for line in lines)
 
 
 def test_pair_data_is_not_lists(tmp_path):
@@ -153,3 +155,4 @@ def test_mixed_pair_and_list_rows_and_the_cache_serves_lists(tmp_path):
     assert prepare.TOKENIZE_RUNS == before + 1 and second.reports["train"].cache == "hit"
     assert second.lists and second.train.to_list() == first.train.to_list()
     assert [len(r) for r in second.train["response_ids"]] == [4, 0]  # the pair row: a list of two in the collator
+    assert second.reports["train"].lines("train")[0].startswith("data[train]: 2 rows kept of 2 rows")

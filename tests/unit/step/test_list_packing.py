@@ -194,3 +194,22 @@ def test_listwise_loss_on_pair_rows_of_list_data_is_dpo(loss):
         dpo = DPOLoss(beta=0.2)(pair_batch(model, PairCollator(tok.pad_token_id)(pairs), DPOLoss(), reference))
     torch.testing.assert_close(listwise.per_pair, dpo.per_pair, atol=1e-6, rtol=0)
     assert isinstance(ListBatch, type)
+
+
+def test_list_fallback_to_one_row_per_response(caplog):
+    """Where a model cannot take the 4D mask, list data gets one row per response; a sliding window longer than a
+    packed pair but shorter than a packed list of 4 falls back for lists only."""
+    from po.run.build import choose_collator
+
+    model, tok = _model("qwen2")
+    assert isinstance(choose_collator(True, model, tok.pad_token_id, 64, lists=True, responses_per_row=4),
+                      PackedListCollator)
+    model.config.sliding_window, model.config.use_sliding_window = 200, True
+    assert isinstance(choose_collator(True, model, tok.pad_token_id, 64, lists=True, responses_per_row=2),
+                      PackedListCollator)
+    with caplog.at_level("WARNING"):
+        collator = choose_collator(True, model, tok.pad_token_id, 64, lists=True, responses_per_row=4)
+    assert isinstance(collator, ListCollator) and "sliding_window=200" in caplog.text
+    model.config.use_sliding_window = False
+    model.config._attn_implementation = "flash_attention_2"
+    assert isinstance(choose_collator(True, model, tok.pad_token_id, 64, lists=True), ListCollator)
