@@ -156,3 +156,17 @@ def test_mixed_pair_and_list_rows_and_the_cache_serves_lists(tmp_path):
     assert second.lists and second.train.to_list() == first.train.to_list()
     assert [len(r) for r in second.train["response_ids"]] == [4, 0]  # the pair row: a list of two in the collator
     assert second.reports["train"].lines("train")[0].startswith("data[train]: 2 rows kept of 2 rows")
+
+
+def test_chat_lists_tokenize_each_response_as_a_pair_would(tmp_path):
+    """The prompt is rendered once; each response's ids are exactly what a pair with that response would get."""
+    from po.data.pairs import Pair
+    from po.data.tokenize import tokenize_pair
+
+    prompt = [{"role": "user", "content": "Greet me"}]
+    responses = [[{"role": "assistant", "content": t}] for t in ("hello friend", "no", "hi")]
+    data = load(write_jsonl(tmp_path / "c.jsonl", [ranked(prompt, responses, [2, 0, 1])]))
+    row = data.train.to_list()[0]
+    for k, response in enumerate(responses):
+        pair = tokenize_pair(Pair(prompt, response, responses[k - 1], "x"), TOK)
+        assert row["prompt_ids"] == pair.prompt_ids and row["response_ids"][k] == pair.chosen_ids
