@@ -98,3 +98,16 @@ def test_lora_on_lists_uses_the_adapter_disabled_policy_as_reference(tmp_path, r
     assert before["eval_rewards/margins"] == pytest.approx(0.0, abs=1e-6)
     ks = [len(json.loads(line)["scores"]) for line in ranked_file.read_text().splitlines()]
     assert math.log(6) - 1e-4 <= before["eval_loss"] <= math.log(24) + 1e-4 and max(ks) == 4
+
+
+def test_a_loss_that_needs_hidden_states_is_refused_on_lists_before_any_model(tmp_path, ranked_file, monkeypatch):
+    import po.models.policy
+    from po.errors import ConfigError
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr(po.models.policy, "load_policy", no_model)
+    with pytest.raises(ConfigError, match="computes for pairs only; the data holds ranked lists"):
+        run_train(tmp_path / "sparse", ["data=jsonl", f"data.path={ranked_file}", "data.max_length=64",
+                                        "loss=sparsepo", "trainer.max_steps=1"], fast=False)
