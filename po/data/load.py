@@ -39,8 +39,8 @@ class PreferenceData:
     # annotator id (as a string) -> index 0..K-1, from the training split (sorted), when an annotator column is
     # carried; held-out ids the training split never had become -1 (LCPO then uses the mean reliability).
     annotator_ids: dict[str, int] | None = None
-    # True when the training split holds ranked lists: every row then has response_ids and scores (a pair row is a
-    # list of two, chosen scored 1 and rejected 0, by po.data.collate's list collators).
+    # True when either split holds ranked lists: every row then has response_ids and scores (empty for a pair row,
+    # which po.data.list_collate's collators make a list of two: chosen scored 1, rejected 0).
     lists: bool = False
 
 
