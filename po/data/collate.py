@@ -30,6 +30,7 @@ from typing import Any
 
 import torch
 
+from losses.base import PRESENT
 from po.fingerprint import pair_digest, response_digest
 
 PACK_KEY = "pack_bounds"  # present in a batch = the batch is packed; [B, 3] = (chosen_start, rejected_start, length)
@@ -101,7 +102,7 @@ class KeyedCollator:
 
     def __call__(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         batch = self.collator(examples)
-        if "present" in batch:  # ranked lists (po/data/list_collate.py): a pair row is a list of two
+        if PRESENT in batch:  # ranked lists (po/data/list_collate.py): a pair row is a list of two
             keys = torch.zeros(batch["present"].shape, dtype=torch.int64)
             for i, e in enumerate(examples):
                 responses = e.get("response_ids") or [e["chosen_ids"], e["rejected_ids"]]

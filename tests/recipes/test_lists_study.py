@@ -45,6 +45,7 @@ def test_bench_lists_smoke_prints_table(tmp_path):
                            "--workdir", str(tmp_path)], capture_output=True, text=True, env=env, timeout=900)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     out = proc.stdout
-    assert "| run | loss | rows per step | prompts/s | tokens/s | peak RSS GiB | GPU peak GiB | speed-up |" in out
+    assert "| run | loss | rows per step | prompts/s | tokens/s | peak RSS GiB | GPU peak GiB | speed-up | " \
+           "prompts per CPU-s | speed-up (CPU time) |" in out
     assert "| exploded | dpo | 12 |" in out and "| listwise | pl_dpo | 2 |" in out
     assert "listwise: done" in out and "(PackedListCollator)" in out and "(PackedPairCollator)" in out
