@@ -213,3 +213,19 @@ def test_list_fallback_to_one_row_per_response(caplog):
     model.config.use_sliding_window = False
     model.config._attn_implementation = "flash_attention_2"
     assert isinstance(choose_collator(True, model, tok.pad_token_id, 64, lists=True), ListCollator)
+
+
+def test_list_collators_worked_example():
+    """The worked example of po/data/list_collate.py's docstring, exactly."""
+    example = [{"prompt_ids": [1, 5], "response_ids": [[7, 2], [8, 8, 2], [9, 2]], "scores": [2, 0, 1],
+                "chosen_ids": [7, 2], "rejected_ids": [8, 8, 2], "row_id": 0}]
+    plain = ListCollator(0)(example)
+    assert plain["input_ids"].tolist() == [[1, 5, 7, 2, 0], [1, 5, 8, 8, 2], [1, 5, 9, 2, 0]]
+    assert plain["list_slots"].tolist() == [[0, 0], [0, 1], [0, 2]]
+    packed = PackedListCollator(0)(example)
+    assert packed["input_ids"].tolist() == [[1, 5, 7, 2, 5, 8, 8, 2, 5, 9, 2]]
+    assert packed["position_ids"].tolist() == [[0, 1, 2, 3, 1, 2, 3, 4, 1, 2, 3]]
+    assert packed["list_bounds"].tolist() == [[1, 4, 8, 11]]
+    for batch in (plain, packed):
+        assert batch["scores"].tolist() == [[2.0, 0.0, 1.0]] and batch["present"].tolist() == [[True] * 3]
+        assert list_response_masks(batch).sum(-1).tolist() == [[2, 3, 2]]
