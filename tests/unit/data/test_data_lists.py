@@ -170,3 +170,14 @@ def test_chat_lists_tokenize_each_response_as_a_pair_would(tmp_path):
     for k, response in enumerate(responses):
         pair = tokenize_pair(Pair(prompt, response, responses[k - 1], "x"), TOK)
         assert row["prompt_ids"] == pair.prompt_ids and row["response_ids"][k] == pair.chosen_ids
+
+
+def test_po_data_shows_every_response_of_a_list(tmp_path):
+    from po.cli.data import report
+
+    path = write_jsonl(tmp_path / "r.jsonl", [ranked("Name a colour", ["red", "blue", "green"], [1, 5, 2])])
+    out = report(compose_cfg(["data=jsonl", f"data.path={path}", "data.eval_fraction=0", "data.show_examples=1",
+                              f"data.cache_dir={tmp_path / 'cache'}"]))
+    assert "a ranked list of 3 responses, chosen = best, rejected = worst" in out
+    assert f"response 1 (score 5, {len(ids('blue')) + 1} tokens): 'blue</s>'" in out
+    assert "data[train]: 1 lists kept of 1 rows" in out
