@@ -1,5 +1,5 @@
 """Preference losses for `po`: one file per loss, each a `PreferenceLoss` selected by `conf/loss/NAME.yaml`."""
 
-from losses.base import LossOutput, PairBatch, PreferenceLoss
+from losses.base import ListBatch, LossOutput, PairBatch, PreferenceLoss
 
-__all__ = ["LossOutput", "PairBatch", "PreferenceLoss"]
+__all__ = ["ListBatch", "LossOutput", "PairBatch", "PreferenceLoss"]

@@ -9,21 +9,30 @@ Hyperparameters:
     label_smoothing: `eps`, the assumed rate of flipped labels (conservative DPO, cDPO). 0 = plain DPO; must be
         in [0, 0.5).
 
+Per-pair signals (`signals`, data columns named by `data.extra_columns`):
+    margin `delta` (ODPO, Amini et al. 2024, arXiv:2402.10571, Eq. 5): `z = beta * h - delta`; 0 = DPO.
+    confidence `c` in [0, 1], P(the label is right) (cDPO with a per-pair eps = 1 - c; CREAM's consistency, Wang et
+        al. 2024, arXiv:2410.12735): the soft label `p = (1 - eps) * c + eps * (1 - c)` replaces `1 - eps`, so
+        `L = p * softplus(-z) + (1 - p) * softplus(z)`; c = 1 is the loss without the column.
+
 Implicit rewards (detached, for metrics): `beta * rho(y_w)` and `beta * rho(y_l)`.
 Parity oracle: TRL `DPOTrainer(loss_type=["sigmoid"])` with eps = 0.
 
-Run: `po-train loss=dpo loss.beta=0.1`.
+Run: `po-train loss=dpo loss.beta=0.1` (with a margin column: `data.extra_columns.margin=NAME`).
 """
 
 from __future__ import annotations
 
 import torch.nn.functional as F
 
-from losses.base import LossOutput, PairBatch, PreferenceLoss, check_in_range, check_positive, common_metrics
+from losses.base import (CONFIDENCE, MARGIN, LossOutput, PairBatch, PreferenceLoss, check_in_range, check_positive,
+                         common_metrics, label_confidence, pair_margin)
 
 
 class DPOLoss(PreferenceLoss):
-    """Sigmoid DPO with optional label smoothing (cDPO)."""
+    """Sigmoid DPO with optional label smoothing (cDPO), per-pair margins (ODPO) and per-pair confidences."""
+
+    signals = frozenset({MARGIN, CONFIDENCE})
 
     def __init__(self, beta: float = 0.1, label_smoothing: float = 0.0):
         super().__init__()
@@ -32,8 +41,8 @@ class DPOLoss(PreferenceLoss):
 
     def forward(self, batch: PairBatch) -> LossOutput:
         chosen, rejected = batch.log_ratios()
-        z = self.beta * (chosen - rejected)
-        eps = self.label_smoothing
-        per_pair = (1 - eps) * F.softplus(-z) + eps * F.softplus(z)
+        z = self.beta * (chosen - rejected) - pair_margin(batch, chosen)
+        p = label_confidence(batch, self.label_smoothing, chosen)
+        per_pair = p * F.softplus(-z) + (1 - p) * F.softplus(z)
         rewards = (self.beta * chosen.detach(), self.beta * rejected.detach())
         return LossOutput(per_pair, *rewards, metrics=common_metrics(batch, rewards))

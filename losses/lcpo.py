@@ -72,6 +72,9 @@ class LCPOWeighting(PreferenceLoss):
         names = [str(n) for n in annotator_names] if annotator_names else [str(i) for i in range(count)]
         if len(names) != count:
             raise ValueError(f"weighting.annotator_names has {len(names)} names for {count} annotators")
+        if loss.takes_lists:
+            raise ValueError(f"weighting=lcpo reweights pairs, and {type(loss).__name__} is a listwise loss; wrap a "
+                             "pairwise loss (it runs on the pairs a list yields)")
         self.base = loss
         self.alpha = float(alpha)
         self.eta_init = float(eta_init)
@@ -80,6 +83,7 @@ class LCPOWeighting(PreferenceLoss):
         self.needs_reference = loss.needs_reference
         self.needs = loss.needs
         self.trains_parameters = loss.trains_parameters
+        self.signals = loss.signals  # margin and confidence are the base loss's; LCPO evaluates it with them
         self.register_buffer("eta", torch.full((count,), float(eta_init), dtype=torch.float64))
         # Sums and counts of w since the last optimizer step (this rank's micro-batches); not checkpointed.
         self.register_buffer("w_sum", torch.zeros(count, dtype=torch.float64), persistent=False)

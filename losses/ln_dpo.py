@@ -11,6 +11,9 @@ Hyperparameters:
         log-ratios are about |y| times smaller than sums, so beta sits |y| times above DPO's 0.1: do not reuse a
         DPO beta here.
 
+Per-pair signals, as in DPO (losses/dpo.py): a margin `delta` (`softplus(-(beta * h' - delta))`) and a confidence
+`c` (soft label `c`: `c * softplus(-z) + (1 - c) * softplus(z)`).
+
 Implicit rewards (detached, for metrics): `beta * rho(y)/|y|`, the scores the loss compares (as open-instruct's
 `dpo_norm`; TRL logs the summed `beta * rho(y)` instead).
 Parity oracle: TRL `DPOTrainer(loss_type=["sigmoid_norm"])`; same maths as open-instruct's `dpo_norm`.
@@ -22,11 +25,14 @@ from __future__ import annotations
 
 import torch.nn.functional as F
 
-from losses.base import LossOutput, PairBatch, PreferenceLoss, check_positive, common_metrics
+from losses.base import (CONFIDENCE, MARGIN, LossOutput, PairBatch, PreferenceLoss, check_positive, common_metrics,
+                         label_confidence, pair_margin)
 
 
 class LNDPOLoss(PreferenceLoss):
-    """Sigmoid DPO on length-normalized log-ratios."""
+    """Sigmoid DPO on length-normalized log-ratios, with per-pair margins and confidences."""
+
+    signals = frozenset({MARGIN, CONFIDENCE})
 
     def __init__(self, beta: float = 5.0):
         super().__init__()
@@ -36,6 +42,8 @@ class LNDPOLoss(PreferenceLoss):
         chosen, rejected = batch.log_ratios()
         chosen = chosen / batch.chosen_lengths
         rejected = rejected / batch.rejected_lengths
-        per_pair = F.softplus(-self.beta * (chosen - rejected))
+        z = self.beta * (chosen - rejected) - pair_margin(batch, chosen)
+        p = label_confidence(batch, 0.0, chosen)
+        per_pair = F.softplus(-z) if isinstance(p, float) else p * F.softplus(-z) + (1 - p) * F.softplus(z)
         rewards = (self.beta * chosen.detach(), self.beta * rejected.detach())
         return LossOutput(per_pair, *rewards, metrics=common_metrics(batch, rewards))

@@ -13,6 +13,9 @@ Hyperparameters:
         (off); the authors' CPO-style variant uses a small positive value. It is returned in `LossOutput.penalty`
         (order-independent), so a weighting such as LCPO leaves it unweighted.
 
+Per-pair signal: a margin `delta` (`data.extra_columns.margin`) adds to the target margin: `softplus(-(beta * (A_w -
+A_l) - gamma - delta))`, as ODPO's offset does for DPO.
+
 The learning rate is the most sensitive knob on real models (authors: 3e-7 to 1e-6).
 Rewards logged: `beta * A_theta(y)` (as TRL's CPOTrainer with loss_type="simpo").
 Parity oracle: TRL `trl.experimental.cpo.CPOTrainer(loss_type="simpo", cpo_alpha=0, simpo_gamma=beta*ratio)`.
@@ -24,13 +27,15 @@ from __future__ import annotations
 
 import torch.nn.functional as F
 
-from losses.base import LossOutput, PairBatch, PreferenceLoss, check_in_range, check_positive, common_metrics
+from losses.base import (MARGIN, LossOutput, PairBatch, PreferenceLoss, check_in_range, check_positive,
+                         common_metrics, pair_margin)
 
 
 class SimPOLoss(PreferenceLoss):
     """Reference-free sigmoid loss on mean log-probs with a target margin, plus an optional SFT term."""
 
     needs_reference = False
+    signals = frozenset({MARGIN})
 
     def __init__(self, beta: float = 2.0, gamma_beta_ratio: float = 0.5, sft_weight: float = 0.0):
         super().__init__()
@@ -43,7 +48,7 @@ class SimPOLoss(PreferenceLoss):
         chosen = chosen / batch.chosen_lengths
         rejected = rejected / batch.rejected_lengths
         gamma = self.beta * self.gamma_beta_ratio
-        per_pair = F.softplus(-(self.beta * (chosen - rejected) - gamma))
+        per_pair = F.softplus(-(self.beta * (chosen - rejected) - gamma - pair_margin(batch, chosen)))
         rewards = (self.beta * chosen.detach(), self.beta * rejected.detach())
         metrics = common_metrics(batch, rewards)
         penalty = None

@@ -119,8 +119,23 @@ def pair_digest(prompt_ids: list[int], chosen_ids: list[int], rejected_ids: list
     return int.from_bytes(digest.digest(), "little", signed=True)
 
 
+def response_digest(prompt_ids: list[int], response_ids: list[int]) -> int:
+    """A signed 64-bit content id of one tokenized (prompt, response) of a ranked list (its cached values' key)."""
+    return pair_digest(prompt_ids, response_ids, [])
+
+
+def row_digest(row: dict[str, Any]) -> int:
+    """The content id of a tokenized row: its pair digest, or for a ranked list one over every response and score."""
+    if not row.get("response_ids"):
+        return pair_digest(row["prompt_ids"], row["chosen_ids"], row["rejected_ids"])
+    digest = hashlib.blake2b(digest_size=8)
+    for response in row["response_ids"]:
+        digest.update(response_digest(row["prompt_ids"], response).to_bytes(8, "little", signed=True))
+    digest.update(torch.tensor(row["scores"], dtype=torch.float64).numpy().tobytes())
+    return int.from_bytes(digest.digest(), "little", signed=True)
+
+
 def pairs_fingerprint(datasets: Iterable[Any]) -> str:
-    """Order-independent hash of the tokenized pairs of all splits (sorted pair digests)."""
-    digests = sorted(pair_digest(r["prompt_ids"], r["chosen_ids"], r["rejected_ids"])
-                     for ds in datasets if ds is not None for r in ds)
+    """Order-independent hash of the tokenized pairs (and ranked lists) of all splits (sorted row digests)."""
+    digests = sorted(row_digest(r) for ds in datasets if ds is not None for r in ds)
     return hashlib.sha256(torch.tensor(digests, dtype=torch.int64).numpy().tobytes()).hexdigest()

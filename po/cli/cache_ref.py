@@ -44,7 +44,8 @@ def fill_reference_cache(cfg: DictConfig) -> dict[str, Any]:
     device = "cuda" if torch.cuda.is_available() and not cfg.trainer.get("use_cpu") else "cpu"
     reference, facts = open_reference_cache(cfg, tokenizer, data, None, device, cfg.trainer.per_device_eval_batch_size,
                                             must_write=True)  # writing the file is this command's whole job
-    facts["pairs"] = len(reference.index)
+    facts["pairs"] = len(reference.index)  # pairs, or (prompt, response) entries for ranked lists
+    facts["unit"] = "responses" if data.lists else "pairs"
     return facts
 
 
@@ -56,7 +57,7 @@ def _main(cfg: DictConfig) -> None:
         print(f"po-cache-ref: error: {exc}", file=sys.stderr)
         sys.exit(2)
     state = "already cached" if facts["hit"] else "written"
-    print(f"po-cache-ref: {facts['pairs']} pairs {state}: {facts['path']}")
+    print(f"po-cache-ref: {facts['pairs']} {facts['unit']} {state}: {facts['path']}")
 
 
 def main() -> None:

@@ -36,6 +36,11 @@ def format_example(tokenizer, record: dict, where: str, index: int) -> str:
         lines.append(f"  {role} ({len(ids)} tokens): {prompt!r} {BOUNDARY} {response!r}")
     lines.append(f"  boundary ids: ...{list(record['prompt_ids'][-3:])} {BOUNDARY} chosen {list(record['chosen_ids'][:3])}"
                  f"..., rejected {list(record['rejected_ids'][:3])}...")
+    if record.get("response_ids"):  # a ranked list: chosen/rejected above are its best and worst
+        lines[0] += f"; a ranked list of {len(record['response_ids'])} responses, chosen = best, rejected = worst"
+        for k, (ids, score) in enumerate(zip(record["response_ids"], record["scores"])):
+            response = tokenizer.decode(ids, skip_special_tokens=False)
+            lines.append(f"  response {k} (score {score:g}, {len(ids)} tokens): {response!r}")
     return "\n".join(lines)
 
 

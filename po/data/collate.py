@@ -21,7 +21,7 @@ PackedPairCollator ->
     response_mask  [[0, 0, 0, 1, 1, 1, 0, 1, 1], [0, 0, 1, 1, 0, 1, 1, 1, 1]]
     pack_bounds    [[2, 6, 9], [1, 4, 9]]   (chosen_start, rejected_start, length; the 4D mask is built from it)
     row_ids        [0, 1]
-Both carry `annotator` and `weight` too when the data has them (`carried_columns`).
+Both carry `annotator`, `weight`, `margin` and `confidence` too when the data has them (`carried_columns`).
 """
 
 from __future__ import annotations
@@ -30,7 +30,8 @@ from typing import Any
 
 import torch
 
-from po.fingerprint import pair_digest
+from losses.base import PRESENT
+from po.fingerprint import pair_digest, response_digest
 
 PACK_KEY = "pack_bounds"  # present in a batch = the batch is packed; [B, 3] = (chosen_start, rejected_start, length)
 
@@ -93,22 +94,32 @@ class PackedPairCollator:
 
 
 class KeyedCollator:
-    """Wraps a pair collator and adds `pair_keys` (content digests) so that cached values can be looked up."""
+    """Wraps a pair or list collator and adds content digests so that cached values can be looked up: `pair_keys`
+    `[B]` for pairs, `response_keys` `[B, K]` (prompt and response; 0 where absent) for ranked lists."""
 
     def __init__(self, collator):
         self.collator = collator
 
     def __call__(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         batch = self.collator(examples)
+        if PRESENT in batch:  # ranked lists (po/data/list_collate.py): a pair row is a list of two
+            keys = torch.zeros(batch["present"].shape, dtype=torch.int64)
+            for i, e in enumerate(examples):
+                responses = e.get("response_ids") or [e["chosen_ids"], e["rejected_ids"]]
+                for k, response in enumerate(responses):
+                    keys[i, k] = response_digest(e["prompt_ids"], response)
+            batch["response_keys"] = keys
+            return batch
         batch["pair_keys"] = torch.tensor([pair_digest(e["prompt_ids"], e["chosen_ids"], e["rejected_ids"])
                                            for e in examples], dtype=torch.int64)
         return batch
 
 
 def carried_columns(examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-    """Per-pair values every layout passes through: row ids and the optional annotator and weight columns."""
+    """Per-pair (per-list) values every layout passes through: row ids and the optional annotator and signal
+    columns (weight, margin, confidence)."""
     out = {"row_ids": torch.tensor([e["row_id"] for e in examples], dtype=torch.long)}
-    for key in ("annotator", "weight"):
+    for key in ("annotator", "weight", "margin", "confidence"):
         if key in examples[0]:
             out[key] = torch.tensor([e[key] for e in examples])
     return out

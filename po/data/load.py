@@ -26,7 +26,8 @@ from po.errors import POError
 
 log = logging.getLogger(__name__)
 
-INTERNAL_COLUMNS = ["status", "field", "where", "truncated", "extra"]
+INTERNAL_COLUMNS = ["status", "field", "where", "truncated", "extra", "dropped_responses", "tied"]
+LIST_COLUMNS = ["response_ids", "scores"]  # kept when the data holds ranked lists (`PreferenceData.lists`)
 
 
 @dataclass
@@ -38,6 +39,9 @@ class PreferenceData:
     # annotator id (as a string) -> index 0..K-1, from the training split (sorted), when an annotator column is
     # carried; held-out ids the training split never had become -1 (LCPO then uses the mean reliability).
     annotator_ids: dict[str, int] | None = None
+    # True when either split holds ranked lists: every row then has response_ids and scores (empty for a pair row,
+    # which po.data.list_collate's collators make a list of two: chosen scored 1, rejected 0).
+    lists: bool = False
 
 
 def _weighted(indices: list[int], weight: float, rng: random.Random) -> list[int]:
@@ -90,8 +94,10 @@ def _build_split(parts: list, cache_states: set) -> tuple[Any, DataReport, list[
     if not parts or not any(idx for _, idx in parts):
         return None, report, []
     table = datasets.concatenate_datasets([t.select(idx) for t, idx in parts if idx])
-    columns = table.select_columns(["status", "field", "where", "truncated"]).to_dict()  # plain lists: fast to scan
+    columns = table.select_columns(["status", "field", "where", "truncated", "dropped_responses", "tied",
+                                    "scores"]).to_dict()  # plain lists: fast to scan
     status, wheres, truncated = columns["status"], columns["where"], columns["truncated"]
+    sizes = [len(s) for s in columns["scores"]]  # responses per list (0: a pair)
     report.rows = len(table)
     kept = []
     for i, (s, where) in enumerate(zip(status, wheres)):
@@ -99,10 +105,17 @@ def _build_split(parts: list, cache_states: set) -> tuple[Any, DataReport, list[
             getattr(report, s).append(where)
             if columns["field"][i]:
                 report.fields[where] = columns["field"][i]
-        else:
-            kept.append(i)
-            if truncated[i]:
-                report.truncated.append(where)
+            continue
+        kept.append(i)
+        if truncated[i]:
+            report.truncated.append(where)
+        if columns["dropped_responses"][i]:
+            report.dropped_responses.append(where)
+            report.fields.setdefault(where, columns["dropped_responses"][i][0])
+        if columns["tied"][i]:
+            report.tied.append(where)
+        if sizes[i]:
+            report.list_sizes[sizes[i]] = report.list_sizes.get(sizes[i], 0) + 1
     report.kept = len(kept)
     if not kept:
         return None, report, []
@@ -112,14 +125,18 @@ def _build_split(parts: list, cache_states: set) -> tuple[Any, DataReport, list[
     return table, report, [wheres[i] for i in kept]
 
 
-def _finish(table, extras: list[dict[str, Any]], annotator_ids: dict[str, int] | None):
-    """Drop internal columns; add row_id and the carried columns (annotator as an integer id)."""
-    table = table.remove_columns(INTERNAL_COLUMNS).add_column("row_id", list(range(len(table))))
+def _finish(table, extras: list[dict[str, Any]], annotator_ids: dict[str, int] | None, lists: bool):
+    """Drop internal columns (and the list columns of pair data); add row_id and the carried columns (annotator as
+    an integer id)."""
+    table = table.remove_columns(INTERNAL_COLUMNS + ([] if lists else LIST_COLUMNS))
+    table = table.add_column("row_id", list(range(len(table))))
     for key in sorted({k for e in extras for k in e}):
-        values = [e[key] for e in extras]
+        values = [e.get(key) for e in extras]
         if key == "annotator" and annotator_ids is not None:
             values = [annotator_ids.get(str(v), UNSEEN_ANNOTATOR) for v in values]
-        elif key == "weight":
+        elif key in ("weight", "margin", "confidence"):
+            if any(v is None for v in values):  # a mixture where one source has the column and another not
+                raise POError(f"data.extra_columns.{key}: some sources have no {key} column; give it to every source")
             values = [float(v) for v in values]
         table = table.add_column(key, values)
     return table
@@ -160,11 +177,12 @@ def _assemble(cfg: DictConfig, parts: dict[str, list], caches: dict[str, set]) -
     if any("annotator" in e for e in extras["train"]):
         names = sorted({str(e["annotator"]) for e in extras["train"]})
         annotator_ids = {name: i for i, name in enumerate(names)}
+    lists = any(reports[split].list_sizes for split in ("train", "eval"))
     for split in ("train", "eval"):
         if splits[split] is not None:
-            splits[split] = _finish(splits[split], extras[split], annotator_ids)
+            splits[split] = _finish(splits[split], extras[split], annotator_ids, lists)
     if splits["train"] is None:
         where = cfg.get("path") or "data.mixture"
         raise POError(f"data.path={where}: no usable training pairs left (see the data report above)")
-    return PreferenceData(splits["train"], splits["eval"], reports, wheres, annotator_ids)
+    return PreferenceData(splits["train"], splits["eval"], reports, wheres, annotator_ids, lists)
 

@@ -11,12 +11,13 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from po.data.formats import FORMATS, FormatOptions
+from po.data.formats import FORMATS, STRENGTH_AS, UF_SCORES, FormatOptions
 from po.errors import ConfigError
 
 # Keys a `data.mixture` entry may set; the others are inherited from the `data` group.
 MIXTURE_KEYS = {"path", "weight", "name", "split", "eval_path", "eval_split", "eval_fraction", "max_rows", "format",
-                "columns", "extra_columns", "min_score_margin"}
+                "columns", "extra_columns", "min_score_margin", "ultrafeedback_score", "strength_as"}
+PAIR_MODES = ("all", "best")  # data.list_pairs (losses.base.PAIR_MODES)
 PER_SOURCE_ONLY = {"path", "weight", "name", "split", "eval_path", "eval_split"}  # not inherited from the group
 
 
@@ -44,7 +45,8 @@ def format_options(values: dict[str, Any]) -> FormatOptions:
     columns = {k: v for k, v in (values.get("columns") or {}).items() if v}
     extra = {k: v for k, v in (values.get("extra_columns") or {}).items() if v}
     margin = values.get("min_score_margin")
-    return FormatOptions(values.get("format") or "auto", columns, extra, None if margin is None else float(margin))
+    return FormatOptions(values.get("format") or "auto", columns, extra, None if margin is None else float(margin),
+                         values.get("ultrafeedback_score") or "overall_score", values.get("strength_as") or None)
 
 
 def sources_of(cfg: DictConfig, carry: dict[str, str] | None = None) -> list[Source]:
@@ -101,6 +103,18 @@ def check_data_config(cfg: DictConfig) -> None:
     margin = cfg.get("min_score_margin")
     if margin is not None and not isinstance(margin, (int, float)):
         raise ConfigError(f"data.min_score_margin={margin}: must be a number (or null for no filter)")
+    score = cfg.get("ultrafeedback_score") or "overall_score"
+    if score not in UF_SCORES:
+        raise ConfigError(f"data.ultrafeedback_score={score}: use one of {', '.join(UF_SCORES)}")
+    strength = cfg.get("strength_as")
+    if strength is not None and strength not in STRENGTH_AS:
+        raise ConfigError(f"data.strength_as={strength}: use one of {', '.join(STRENGTH_AS)} (or null: not used)")
+    if strength is not None and (cfg.get("extra_columns") or {}).get(strength):
+        raise ConfigError(f"data.strength_as={strength} and data.extra_columns.{strength} both set the per-pair "
+                          f"{strength}; keep one")
+    pairs = cfg.get("list_pairs") or "all"
+    if pairs not in PAIR_MODES:
+        raise ConfigError(f"data.list_pairs={pairs}: use one of {', '.join(PAIR_MODES)}")
     num_proc = cfg.get("num_proc")
     if num_proc is not None and (not isinstance(num_proc, int) or num_proc < 1):
         raise ConfigError(f"data.num_proc={num_proc}: must be a positive integer (or null for one process)")

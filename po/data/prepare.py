@@ -1,8 +1,10 @@
 """Normalize and tokenize every row of one source once, and cache the result on disk for later runs.
 
 The result is a `datasets.Dataset` with one row per source row: `prompt_ids`, `chosen_ids`, `rejected_ids`
-(truncated to `max_length`), `status` ("" = kept, else the report class that drops it), `field` (the column a
-drop was found in, or ""), `truncated`, `where` and `extra` (carried columns as JSON). Splitting, mixing and the
+(truncated to `max_length`), for a ranked list also `response_ids` and `scores` (K of each; chosen/rejected are then
+its best and worst response, for length statistics), `dropped_responses` (fields) and `tied`; `status` ("" = kept,
+else the report class that drops it), `field` (the column a drop was found in, or ""), `truncated`, `where` and
+`extra` (carried columns as JSON). Splitting, mixing and the
 report work on it by index, so a change of seed, split fraction or mixture weight reuses the cache.
 
 Message roles are checked here, where the tokenizer is known: a role must be `system`, `user` or `assistant`, or
@@ -26,12 +28,14 @@ from typing import Any
 
 from po.data import cache
 from po.data.formats import Dropped, FormatOptions, normalize_row
-from po.data.pairs import Pair
+from po.data.pairs import Pair, RankedList
 from po.data.sources import Row
-from po.data.tokenize import leading_special_ids, tokenize_pair, truncate
+from po.data.tokenize import leading_special_ids, tokenize_list, tokenize_pair, truncate, truncate_list
 from po.fingerprint import rows_fingerprint, tokenizer_fingerprint
 
-CACHE_VERSION = "2"  # 2: NaN, UTF-8, role and whitespace checks, the `field` column, checksummed entries
+# 3: ranked lists (response_ids, scores), signal columns; 2: NaN, UTF-8, role and whitespace checks, the `field`
+# column, checksummed entries
+CACHE_VERSION = "3"
 # How many times rows were actually tokenized in this process (a cache hit leaves it unchanged); tests read it.
 TOKENIZE_RUNS = 0
 
@@ -72,10 +76,15 @@ class PairTokenizer:
         self.leading = leading_special_ids(tokenizer)
 
     def __call__(self, example: dict[str, Any]) -> dict[str, Any]:
-        out = {"prompt_ids": [], "chosen_ids": [], "rejected_ids": [], "truncated": False}
+        out = {"prompt_ids": [], "chosen_ids": [], "rejected_ids": [], "response_ids": [], "scores": [],
+               "truncated": False}
         if example["status"]:
             return out
-        pair = Pair(**json.loads(example["pair"]), where=example["where"])
+        item = json.loads(example["pair"])
+        if "responses" in item:
+            return {**out, **self._list(RankedList(item["prompt"], item["responses"], item["scores"],
+                                                   example["where"]))}
+        pair = Pair(**item, where=example["where"])
         full = tokenize_pair(pair, self.tokenizer, self.leading)
         tp = truncate(full, self.max_length, self.max_prompt_length)
         if tp is None:
@@ -85,7 +94,18 @@ class PairTokenizer:
         truncated = (len(tp.prompt_ids), len(tp.chosen_ids), len(tp.rejected_ids)) != (
             len(full.prompt_ids), len(full.chosen_ids), len(full.rejected_ids))
         return {"prompt_ids": tp.prompt_ids, "chosen_ids": tp.chosen_ids, "rejected_ids": tp.rejected_ids,
-                "truncated": truncated}
+                "response_ids": [], "scores": [], "truncated": truncated}
+
+    def _list(self, ranked: RankedList) -> dict[str, Any]:
+        prompt, responses = tokenize_list(ranked, self.tokenizer, self.leading)
+        cut = truncate_list(prompt, responses, self.max_length, self.max_prompt_length)
+        if cut is None:
+            return {"status": "dropped_length"}
+        truncated = len(cut[0]) != len(prompt) or any(len(a) != len(b) for a, b in zip(cut[1], responses))
+        scores = ranked.scores
+        best, worst = scores.index(max(scores)), scores.index(min(scores))
+        return {"prompt_ids": cut[0], "chosen_ids": cut[1][best], "rejected_ids": cut[1][worst],
+                "response_ids": cut[1], "scores": scores, "truncated": truncated}
 
 
 def tokenize_source(rows: list[Row], opts: FormatOptions, tokenizer, max_length: int,
@@ -105,21 +125,28 @@ def tokenize_source(rows: list[Row], opts: FormatOptions, tokenizer, max_length:
             return table, "hit"
 
     roles = template_roles(tokenizer) if getattr(tokenizer, "chat_template", None) else None
-    columns = {"pair": [], "status": [], "field": [], "where": [], "extra": []}
+    columns = {"pair": [], "status": [], "field": [], "where": [], "extra": [], "dropped_responses": [], "tied": []}
     for row, where in rows:
         result = normalize_row(row, where, opts, roles)
+        dropped, tied = [], False
         if isinstance(result, Dropped):
             columns["pair"].append("")
             columns["status"].append(result.reason)
             columns["field"].append(result.field or "")
             columns["extra"].append("{}")
         else:
-            columns["pair"].append(json.dumps({"prompt": result.prompt, "chosen": result.chosen,
-                                               "rejected": result.rejected}))
+            if isinstance(result, RankedList):
+                item = {"prompt": result.prompt, "responses": result.responses, "scores": result.scores}
+                dropped, tied = result.dropped, result.ties
+            else:
+                item = {"prompt": result.prompt, "chosen": result.chosen, "rejected": result.rejected}
+            columns["pair"].append(json.dumps(item))
             columns["status"].append("")
             columns["field"].append("")
             columns["extra"].append(json.dumps(result.extra))
         columns["where"].append(where)
+        columns["dropped_responses"].append(dropped)
+        columns["tied"].append(tied)
 
     global TOKENIZE_RUNS
     TOKENIZE_RUNS += 1
@@ -127,10 +154,16 @@ def tokenize_source(rows: list[Row], opts: FormatOptions, tokenizer, max_length:
         "prompt_ids": datasets.Sequence(datasets.Value("int32")),
         "chosen_ids": datasets.Sequence(datasets.Value("int32")),
         "rejected_ids": datasets.Sequence(datasets.Value("int32")),
+        "response_ids": datasets.Sequence(datasets.Sequence(datasets.Value("int32"))),
+        "scores": datasets.Sequence(datasets.Value("float64")),
+        "dropped_responses": datasets.Sequence(datasets.Value("string")), "tied": datasets.Value("bool"),
         "truncated": datasets.Value("bool"), "status": datasets.Value("string"), "field": datasets.Value("string"),
         "where": datasets.Value("string"), "extra": datasets.Value("string"),
     })
-    table = datasets.Dataset.from_dict(columns).map(
+    strings = ("pair", "status", "field", "where", "extra")
+    inputs = datasets.Features({name: datasets.Value("string") for name in strings}
+                               | {"dropped_responses": features["dropped_responses"], "tied": features["tied"]})
+    table = datasets.Dataset.from_dict(columns, features=inputs).map(
         PairTokenizer(tokenizer, max_length, max_prompt_length), remove_columns=["pair"], features=features,
         num_proc=num_proc if num_proc and num_proc > 1 and len(rows) >= 2 * num_proc else None,
         desc="tokenizing", new_fingerprint=key,

@@ -26,6 +26,10 @@ CLASSES = (
     ("whitespace_only", "dropped, chosen and rejected differ only in surrounding whitespace", True),
     ("identical", "dropped, chosen identical to rejected (after truncation)", True),
     ("dropped_length", "dropped, no response token fits data.max_length", True),
+    ("too_few", "dropped, a list with fewer than two usable responses", True),
+    ("all_tied", "dropped, every response ties (no preference; ties form no pair)", True),
+    ("dropped_responses", "responses dropped from a list (null or NaN score, empty or bad text; the list kept)", True),
+    ("tied", "lists with tied responses (kept; a tie forms no pair)", False),
     ("low_margin", "filtered, score margin below data.min_score_margin", False),
     ("truncated", "truncated to data.max_length (kept)", False),
 )
@@ -47,6 +51,11 @@ class DataReport:
     unknown_role: list[str] = field(default_factory=list)
     whitespace_only: list[str] = field(default_factory=list)
     low_margin: list[str] = field(default_factory=list)
+    all_tied: list[str] = field(default_factory=list)
+    too_few: list[str] = field(default_factory=list)
+    dropped_responses: list[str] = field(default_factory=list)
+    tied: list[str] = field(default_factory=list)
+    list_sizes: dict[int, int] = field(default_factory=dict)  # ranked lists: responses per prompt -> lists kept
     truncated: list[str] = field(default_factory=list)
     lengths: dict[str, Any] = field(default_factory=dict)
     cache: str = ""  # "hit", "miss" or "" (not cached)
@@ -55,18 +64,24 @@ class DataReport:
     def lines(self, split: str) -> list[str]:
         """One summary line, one line per issue class, one line of length statistics."""
         cache = f"; tokenized data: cache {self.cache}" if self.cache else ""
-        out = [f"data[{split}]: {self.kept} pairs kept of {self.rows} rows{cache}"]
+        unit = "pairs" if not self.list_sizes else "lists" if sum(self.list_sizes.values()) == self.kept else "rows"
+        out = [f"data[{split}]: {self.kept} {unit} kept of {self.rows} rows{cache}"]
         for attr, text, _ in CLASSES:
             wheres = getattr(self, attr)
             first = f" (first: {first_rows(wheres, self.fields)})" if wheres else ""
             out.append(f"data[{split}]:   {text}: {len(wheres)}{first}")
+        if self.list_sizes:
+            sizes = ", ".join(f"{k}: {n}" for k, n in sorted(self.list_sizes.items()))
+            out.append(f"data[{split}]:   ranked lists kept: {sum(self.list_sizes.values())} (responses per prompt: "
+                       f"{sizes})")
         if self.lengths:
             out.append(f"data[{split}]: {format_lengths(self.lengths)}")
         return out
 
     def as_dict(self) -> dict[str, Any]:
         counts = {attr: len(getattr(self, attr)) for attr, _, _ in CLASSES}
-        return {"rows": self.rows, "kept": self.kept, **counts, "lengths": self.lengths}
+        lists = {"list_sizes": {str(k): n for k, n in sorted(self.list_sizes.items())}} if self.list_sizes else {}
+        return {"rows": self.rows, "kept": self.kept, **counts, **lists, "lengths": self.lengths}
 
     def issues(self) -> list[tuple[str, list[str]]]:
         return [(text, getattr(self, attr)) for attr, text, is_issue in CLASSES if is_issue and getattr(self, attr)]

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from po.data.pairs import Pair, Text
+from po.data.pairs import Pair, RankedList, Text
 from po.errors import DataError
 
 
@@ -64,17 +64,29 @@ def end_of_turn_ids(tokenizer) -> set[int]:
 
 def tokenize_pair(pair: Pair, tokenizer, leading: list[int] | None = None) -> TokenizedPair:
     """Prompt and response ids of `pair`; `leading` = `leading_special_ids(tokenizer)` (computed if None)."""
+    prompt_ids, (chosen, rejected) = tokenize_responses(pair.prompt, [pair.chosen, pair.rejected], pair.where,
+                                                        tokenizer, leading)
+    return TokenizedPair(prompt_ids, chosen, rejected)
+
+
+def tokenize_list(ranked: RankedList, tokenizer, leading: list[int] | None = None) -> tuple[list[int], list[list[int]]]:
+    """Prompt ids (rendered once) and the ids of each response of a ranked list, by the same rules as a pair's."""
+    return tokenize_responses(ranked.prompt, ranked.responses, ranked.where, tokenizer, leading)
+
+
+def tokenize_responses(prompt: Text, responses: list[Text], where: str, tokenizer,
+                       leading: list[int] | None = None) -> tuple[list[int], list[list[int]]]:
+    """Prompt ids and each response's ids: the prompt is tokenized once, each response as its continuation."""
     leading = leading_special_ids(tokenizer) if leading is None else leading
-    if isinstance(pair.prompt, list) or isinstance(pair.chosen, list):
-        tp = _tokenize_chat(pair, tokenizer, leading)
+    if isinstance(prompt, list) or any(isinstance(r, list) for r in responses):
+        prompt_ids, response_ids = _tokenize_chat(prompt, responses, where, tokenizer, leading)
     else:
-        prompt_ids = leading + tokenizer(pair.prompt, add_special_tokens=False)["input_ids"] if pair.prompt \
-            else list(leading)
-        tp = TokenizedPair(prompt_ids, _response_ids(pair.chosen, tokenizer), _response_ids(pair.rejected, tokenizer))
-    if not tp.prompt_ids:
+        prompt_ids = leading + tokenizer(prompt, add_special_tokens=False)["input_ids"] if prompt else list(leading)
+        response_ids = [_response_ids(r, tokenizer) for r in responses]
+    if not prompt_ids:
         start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
-        tp.prompt_ids = [start] if start is not None else []
-    return tp
+        prompt_ids = [start] if start is not None else []
+    return prompt_ids, response_ids
 
 
 def _response_ids(text: str, tokenizer, ends: set[int] | None = None) -> list[int]:
@@ -89,24 +101,24 @@ def _as_messages(text: Text, role: str) -> list[dict[str, str]]:
     return text if isinstance(text, list) else [{"role": role, "content": text}]
 
 
-def _tokenize_chat(pair: Pair, tokenizer, leading: list[int]) -> TokenizedPair:
+def _tokenize_chat(prompt: Text, responses: list[Text], where: str, tokenizer,
+                   leading: list[int]) -> tuple[list[int], list[list[int]]]:
     if getattr(tokenizer, "chat_template", None) is None:
-        raise DataError(pair.where, "chat messages need a tokenizer with a chat template; this one has none")
-    prompt_msgs = _as_messages(pair.prompt, "user") if pair.prompt else []
-    prompt_text = _render(tokenizer, prompt_msgs, pair.where, add_generation_prompt=True)
+        raise DataError(where, "chat messages need a tokenizer with a chat template; this one has none")
+    prompt_msgs = _as_messages(prompt, "user") if prompt else []
+    prompt_text = _render(tokenizer, prompt_msgs, where, add_generation_prompt=True)
     ends = end_of_turn_ids(tokenizer)
-    responses = []
-    for role in ("chosen", "rejected"):
-        full = _render(tokenizer, prompt_msgs + _as_messages(getattr(pair, role), "assistant"), pair.where)
+    out = []
+    roles = ("chosen", "rejected") if len(responses) == 2 else tuple(f"responses[{i}]" for i in range(len(responses)))
+    for role, response in zip(roles, responses):
+        full = _render(tokenizer, prompt_msgs + _as_messages(response, "assistant"), where)
         if not full.startswith(prompt_text):
-            raise DataError(
-                pair.where, "the chat template renders the prompt differently inside the conversation", role
-            )
-        responses.append(_response_ids(full[len(prompt_text):].rstrip(), tokenizer, ends))
+            raise DataError(where, "the chat template renders the prompt differently inside the conversation", role)
+        out.append(_response_ids(full[len(prompt_text):].rstrip(), tokenizer, ends))
     prompt_ids = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
     if leading and prompt_ids[:len(leading)] != leading:
         prompt_ids = leading + prompt_ids
-    return TokenizedPair(prompt_ids, *responses)
+    return prompt_ids, out
 
 
 def _render(tokenizer, messages: list[dict[str, str]], where: str, add_generation_prompt: bool = False) -> str:
@@ -114,6 +126,17 @@ def _render(tokenizer, messages: list[dict[str, str]], where: str, add_generatio
         return tokenizer.apply_chat_template(messages, add_generation_prompt=add_generation_prompt, tokenize=False)
     except Exception as exc:  # jinja's own errors (e.g. "roles must alternate") are one line; keep them
         raise DataError(where, f"the chat template cannot render this row: {str(exc).splitlines()[0]}") from exc
+
+
+def truncate_list(prompt_ids: list[int], responses: list[list[int]], max_length: int,
+                  max_prompt_length: int | None) -> tuple[list[int], list[list[int]]] | None:
+    """`truncate` for a list: the prompt's end and each response's start within `max_length`."""
+    if max_prompt_length is not None and len(prompt_ids) > max_prompt_length:
+        prompt_ids = prompt_ids[len(prompt_ids) - max_prompt_length:]
+    budget = max_length - len(prompt_ids)
+    if budget < 1:
+        return None
+    return prompt_ids, [r[:budget] for r in responses]
 
 
 def truncate(tp: TokenizedPair, max_length: int, max_prompt_length: int | None) -> TokenizedPair | None:

@@ -58,6 +58,25 @@ def make_pair(rng: random.Random) -> dict:
     }
 
 
+def make_list(rng: random.Random, k: int = 4) -> dict:
+    """One ranked list of `k` (2-4) responses, scores by the toy rule: helpful on topic (3) > helpful on another
+    subject (2) > a long curt answer (1) > a short curt one (0)."""
+    subject = rng.choice(SUBJECTS)
+    candidates = [(_helpful(subject, rng), 3.0),
+                  (_helpful(rng.choice([s for s in SUBJECTS if s != subject]), rng), 2.0),
+                  (rng.choice(CURT[3:]), 1.0), (rng.choice(CURT[:3]), 0.0)][:k]
+    rng.shuffle(candidates)
+    return {"prompt": [{"role": "user", "content": rng.choice(ASKS).format(s=subject)}],
+            "responses": [[{"role": "assistant", "content": text}] for text, _ in candidates],
+            "scores": [score for _, score in candidates]}
+
+
+def generate_lists(n: int = 200, seed: int = 0, k: int = 4) -> list[dict]:
+    """`n` ranked lists of `k` responses from a fixed seed (tests and recipes/ write them where they need them)."""
+    rng = random.Random(seed)
+    return [make_list(rng, k) for _ in range(n)]
+
+
 def generate(n: int = 1200, seed: int = 0) -> list[dict]:
     """`n` pairs from a fixed seed (the shipped file is `generate()`)."""
     rng = random.Random(seed)

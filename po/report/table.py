@@ -12,7 +12,8 @@ from typing import Any
 from po.report.runs import Run
 
 METRICS = ["eval_rewards/accuracies", "eval_rewards/margins", "eval_dpo/accuracy", "eval_logps/mean_token_chosen",
-           "eval_loss", "eval_gen/length_mean", "eval_gen/kl_to_reference"]
+           "eval_loss", "eval_gen/length_mean", "eval_gen/kl_to_reference",
+           "eval_rank/ndcg", "eval_rank/kendall_tau"]  # runs on ranked lists (po/trainer/ranking.py)
 LOWER_IS_BETTER = ("loss", "kl")
 
 

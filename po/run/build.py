@@ -22,7 +22,9 @@ from losses.base import PreferenceLoss
 from po.atomic import write_json_atomic
 from po.config import trainer_kwargs
 from po.data.collate import KeyedCollator, PackedPairCollator, PairCollator
+from po.data.list_collate import ListCollator, PackedListCollator
 from po.data.load import PreferenceData, load_preference_data
+from po.errors import ConfigError
 from po.models import policy as policy_models
 from po.models.peft import apply_peft, quantization_kwargs
 from po.models.tokenizer import load_tokenizer
@@ -69,15 +71,34 @@ def load_data(cfg: DictConfig, tokenizer) -> PreferenceData:
     return main_first(load) if cfg.data.get("cache", True) else load()
 
 
-def choose_collator(enabled: bool, model: torch.nn.Module, pad_token_id: int, max_length: int | None = None):
-    """The packed collator where it is exact for `model`, else the plain one (with a one-line notice)."""
+def choose_collator(enabled: bool, model: torch.nn.Module, pad_token_id: int, max_length: int | None = None,
+                    lists: bool = False, responses_per_row: int = 2):
+    """The packed collator where it is exact for `model`, else the plain one (with a one-line notice). `lists`:
+    the ranked-list collators (po/data/list_collate.py; its packed row generalizes the pair row, so the same probe
+    decides)."""
+    plain, packed = (ListCollator, PackedListCollator) if lists else (PairCollator, PackedPairCollator)
     if not enabled:
-        return PairCollator(pad_token_id)
-    ok, why = packing_support(model, max_length)
+        return plain(pad_token_id)
+    ok, why = packing_support(model, max_length, responses_per_row)
     if not ok:
         log.warning("trainer.packing: falling back to one row per response (%s)", why)
-        return PairCollator(pad_token_id)
-    return PackedPairCollator(pad_token_id)
+        return plain(pad_token_id)
+    return packed(pad_token_id)
+
+
+def longest_list(data: PreferenceData) -> int:
+    """The most responses one packed row holds: 2 for pairs, the longest ranked list's K for list data."""
+    return max([2] + [k for report in data.reports.values() for k in report.list_sizes])
+
+
+def check_lists_fit(loss: PreferenceLoss, data: PreferenceData) -> None:
+    """Ranked-list data with a loss or reference that cannot take it: one line, before any model loads."""
+    if not data.lists:
+        return
+    if needs_extras(loss):
+        raise ConfigError(f"{type(loss).__name__} needs token KL or hidden states, which po computes for pairs "
+                          "only; the data holds ranked lists: use a loss that needs log-probs only (e.g. loss=dpo, "
+                          "loss=pl_dpo), or pair data")
 
 
 @dataclass
@@ -122,7 +143,7 @@ def open_reference_cache(cfg: DictConfig, tokenizer, data: PreferenceData, colla
         with without_zero3_init():  # one process computes the values alone: a whole model, not ZeRO-3 shards
             model = policy_models.load_reference(cfg.model, tokenizer, cfg.seed, None).to(device)
         keyed = collator or KeyedCollator(choose_collator(cfg.trainer.packing, model, tokenizer.pad_token_id,
-                                                          cfg.data.max_length))
+                                                          cfg.data.max_length, data.lists, longest_list(data)))
         return compute_table(model, datasets, keyed, key, batch_size, device, cfg.trainer.logps_chunk_size)
 
     # Filled by global rank 0 on a miss while the other ranks wait, then read by them: one fill per job.
@@ -142,6 +163,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path, *, data: PreferenceData | None
     tokenizer = load_tokenizer(cfg.model) if tokenizer is None else tokenizer
     data = load_data(cfg, tokenizer) if data is None else data
     check_trains(cfg.trainer, len(data.train), world_size())  # 0 optimizer steps is an error, before any model
+    check_lists_fit(loss, data)
     if data.annotator_ids is not None and cfg.weighting.get("annotator_column"):
         loss.bind_annotators(list(data.annotator_ids))
         if is_main_process():
@@ -150,13 +172,14 @@ def build_trainer(cfg: DictConfig, run_dir: Path, *, data: PreferenceData | None
     policy = apply_peft(policy, cfg.peft, checkpointing=bool(cfg.model.get("gradient_checkpointing")))
     # Losses that need extras (token KL, hidden states: SparsePO) read per-row model outputs: they use plain rows.
     packing = cfg.trainer.packing and not needs_extras(loss)
-    collator = choose_collator(packing, policy, tokenizer.pad_token_id, cfg.data.max_length)
+    collator = choose_collator(packing, policy, tokenizer.pad_token_id, cfg.data.max_length, data.lists,
+                               longest_list(data))
     reference = build_reference(cfg, loss, tokenizer, data, policy, collator, args)
     trainer = PreferenceTrainer(
         model=policy, args=args, train_dataset=data.train, eval_dataset=data.eval,
         data_collator=reference.collator, processing_class=tokenizer,
         callbacks=[MetricsJsonl(paths.metrics)], loss_module=loss, reference=reference.source,
-        logps_chunk_size=cfg.trainer.logps_chunk_size,
+        logps_chunk_size=cfg.trainer.logps_chunk_size, list_pairs=cfg.data.get("list_pairs") or "all",
     )
     trainer.reliability = ReliabilitySettings(cfg.trainer.max_bad_steps, cfg.trainer.checkpoint_checksums,
                                               nonfinite_report=paths.nonfinite_steps,

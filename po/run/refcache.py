@@ -9,9 +9,10 @@ The key is a hash of everything the values depend on:
 A changed model, tokenizer, data or setting is a different file, so a stale cache is never read.
 
 Pairs are looked up by a content digest of their token ids (`pair_keys`, added to each batch by `KeyedCollator`),
-which survives shuffling and is unique across the train and held-out splits. Files are written to a temporary name
-in the same folder and renamed into place (po.atomic): a killed writer leaves only a temporary file that no reader
-opens, and a writer that finds a valid file for its key already there (a concurrent run) discards its copy.
+which survives shuffling and is unique across the train and held-out splits. Ranked lists are stored per response:
+each (prompt, response) under its own digest (`response_keys`), so a response shared by lists is stored once.
+Files are written to a temporary name in the same folder and renamed into place (po.atomic): a killed writer leaves
+only a temporary file that no reader opens, and a writer that finds a valid file for its key already there (a concurrent run) discards its copy.
 
 Every table carries `sha256`, a checksum of its content (every tensor's dtype, shape and bytes, and the other
 fields), recomputed and compared on every read. A file that does not load, fails the comparison (bytes flipped on
@@ -44,7 +45,9 @@ from po.atomic import WriteError, write_atomic
 from po.data.collate import KeyedCollator
 from po.errors import POError
 from po.fingerprint import json_sha256, pairs_fingerprint, sha256_files, tokenizer_fingerprint
+from po.data.list_collate import is_list_batch
 from po.step.layouts import batch_response_masks, batch_token_logps
+from po.step.list_layouts import list_response_masks, list_token_logps
 from po.step.reference import CachedReference
 
 log = logging.getLogger(__name__)
@@ -174,15 +177,25 @@ def read_table(path: Path, key: str) -> dict[str, Any] | None:
 @torch.no_grad()
 def compute_table(model: torch.nn.Module, datasets: Iterable[Any], collator: KeyedCollator, key: str,
                   batch_size: int, device: torch.device | str, chunk_size: int = 256) -> dict[str, Any]:
-    """Run the reference model once over every pair and collect its per-token log-probs by pair key."""
+    """Run the reference model once over every pair and collect its per-token log-probs by pair key (by response key
+    for ranked lists)."""
     model.eval()
     keys, chosen, rejected = [], [], []
+    responses: dict[int, torch.Tensor] = {}
     for ds in datasets:
         if ds is None:
             continue
         for start in range(0, len(ds), batch_size):
             examples = [ds[i] for i in range(start, min(start + batch_size, len(ds)))]
             batch = {k: v.to(device) for k, v in collator(examples).items()}
+            if is_list_batch(batch):
+                values = list_token_logps(model, batch, chunk_size).float().cpu()
+                mask = list_response_masks(batch).cpu()
+                present = batch["present"].cpu()
+                for (i, k), response_key in zip(present.nonzero().tolist(),
+                                                batch["response_keys"].cpu()[present].tolist()):
+                    responses[response_key] = values[i, k][mask[i, k]]
+                continue
             values = batch_token_logps(model, batch, chunk_size).float().cpu()
             mask = batch_response_masks(batch).cpu()
             b = len(examples)
@@ -195,6 +208,10 @@ def compute_table(model: torch.nn.Module, datasets: Iterable[Any], collator: Key
         offsets = torch.tensor([0] + [len(p) for p in parts]).cumsum(0)
         return torch.cat(parts) if parts else torch.zeros(0), offsets
 
+    if responses:
+        (v, vo) = flat(list(responses.values()))
+        return {"format": CACHE_FORMAT, "key": key, "response_keys": torch.tensor(list(responses), dtype=torch.int64),
+                "responses": v, "responses_offsets": vo}
     (c, co), (r, ro) = flat(chosen), flat(rejected)
     return {"format": CACHE_FORMAT, "key": key, "pair_keys": torch.tensor(keys, dtype=torch.int64),
             "chosen": c, "chosen_offsets": co, "rejected": r, "rejected_offsets": ro}

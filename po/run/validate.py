@@ -13,7 +13,7 @@ import functools
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from losses.base import NEEDS, TOKEN_KL, TOKEN_LOGPS, PreferenceLoss
+from losses.base import NEEDS, SIGNALS, TOKEN_KL, TOKEN_LOGPS, PreferenceLoss
 from po.config import PO_TRAINER_KEYS, build_loss, check_targets, conf_dir, trainer_kwargs
 from po.data.options import check_data_config
 from po.errors import ConfigError
@@ -80,8 +80,23 @@ def check_loss_fits(loss: PreferenceLoss, cfg: DictConfig) -> None:
     if strategy == "none" and loss.needs_reference:
         raise ConfigError(f"{name} needs reference log-probs; use reference=auto (or model/adapter), "
                           "or a reference-free loss such as loss=simpo")
+    check_signals(loss, cfg.data, name)
     if strategy == "adapter" and cfg.peft.get("method", "none") == "none":
         raise ConfigError("reference=adapter needs a PEFT policy (peft=lora or peft=qlora); use reference=model")
+
+
+def check_signals(loss: PreferenceLoss, data_cfg: DictConfig, name: str) -> None:
+    """A per-pair signal column (margin, confidence) configured for a loss that does not read it would be silently
+    ignored: refuse it. Per-pair weights work with every loss."""
+    columns = data_cfg.get("extra_columns") or {}
+    for signal in SIGNALS:
+        source = (f"data.extra_columns.{signal}={columns.get(signal)}" if columns.get(signal)
+                  else f"data.strength_as={signal}" if data_cfg.get("strength_as") == signal else None)
+        if source and signal not in loss.signals:
+            takes = ", ".join(sorted(loss.signals)) or "none"
+            raise ConfigError(f"{source}: {name} does not read a per-pair {signal} (it takes: {takes}); use a loss "
+                              f"that does (docs/losses.md, e.g. loss=dpo), or data.extra_columns.weight for a "
+                              "per-pair weight, which every loss takes")
 
 
 def validate_peft(peft_cfg: DictConfig, model_cfg: DictConfig, deepspeed_cfg: DictConfig) -> None:

@@ -59,7 +59,12 @@ def rules() -> dict[str, Spec]:
         "data.show_examples": integer(ge=0),
         "data.mixture": container("list", "a list of {path, weight, ...} sources", nullable=True),
         "data.columns": container("dict", "a mapping {prompt: NAME, chosen: NAME, ...}"),
-        "data.extra_columns": container("dict", "a mapping {annotator: NAME, weight: NAME}"),
+        "data.extra_columns": container("dict", "a mapping {annotator: NAME, weight: NAME, margin: NAME, "
+                                                "confidence: NAME}"),
+        "data.list_pairs": choice("all", "best"),
+        "data.ultrafeedback_score": choice("overall_score", "fine-grained_score", "helpfulness", "honesty",
+                                           "instruction_following", "truthfulness"),
+        "data.strength_as": choice("weight", "margin", nullable=True),
         "model.kind": choice("tiny", "hf"),
         "model.name_or_path": text(), "model.architecture": text(),
         "model.tokenizer_name_or_path": OPTIONAL_TEXT, "model.revision": OPTIONAL_TEXT,

@@ -113,7 +113,8 @@ def split_chosen_rejected(values: torch.Tensor, mask: torch.Tensor, extra: int =
 _FLASH = ("flash_attention", "flex_attention", "paged")
 
 
-def packing_support(model: torch.nn.Module, max_length: int | None = None) -> tuple[bool, str]:
+def packing_support(model: torch.nn.Module, max_length: int | None = None,
+                    responses_per_row: int = 2) -> tuple[bool, str]:
     """(True, "") if this model computes the packed layout exactly, else (False, why).
 
     Static checks (attention kernels that ignore a 4D mask, sliding windows shorter than a row), then a probe:
@@ -125,7 +126,8 @@ def packing_support(model: torch.nn.Module, max_length: int | None = None) -> tu
     if any(impl.startswith(name) for name in _FLASH):
         return False, f"attention implementation '{impl}' does not take a 4D attention mask"
     window = getattr(config, "sliding_window", None)
-    if window and getattr(config, "use_sliding_window", True) and max_length and 2 * max_length > window:
+    if window and getattr(config, "use_sliding_window", True) and max_length \
+            and responses_per_row * max_length > window:  # a row holds the prompt and every response (K for lists)
         return False, f"sliding_window={window} is shorter than a packed row"
     from transformers.integrations import is_deepspeed_zero3_enabled
 

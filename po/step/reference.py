@@ -21,6 +21,7 @@ import torch
 
 from po.errors import POError
 from po.step.layouts import batch_response_masks, batch_token_logps
+from po.step.list_layouts import list_response_masks, list_token_logps
 from po.step.logprobs import unwrap
 
 STRATEGIES = ("auto", "model", "adapter", "cached", "none")
@@ -38,6 +39,11 @@ class ReferenceSource:
     def logps(self, policy: torch.nn.Module, inputs: dict[str, torch.Tensor], chunk_size: int = 256) -> torch.Tensor:
         """Response-aligned `[2B, L]` reference log-probs of the batch (either row layout)."""
         return self.run(policy, lambda model: batch_token_logps(model, inputs, chunk_size))
+
+    def list_logps(self, policy: torch.nn.Module, inputs: dict[str, torch.Tensor],
+                   chunk_size: int = 256) -> torch.Tensor:
+        """Response-aligned `[B, K, L]` reference log-probs of a list batch (either list layout)."""
+        return self.run(policy, lambda model: list_token_logps(model, inputs, chunk_size))
 
 
 class FrozenModelReference(ReferenceSource):
@@ -62,13 +68,15 @@ class AdapterReference(ReferenceSource):
 
 class CachedReference(ReferenceSource):
     """Stored per-token reference log-probs, looked up by each pair's content digest (the batch's `pair_keys`,
-    added by `po.data.collate.KeyedCollator`). Runs no model."""
+    added by `po.data.collate.KeyedCollator`), or for ranked lists by each response's (`response_keys`). Runs no
+    model."""
 
     live = False
 
     def __init__(self, table: dict[str, Any]):
         self.table = table
-        self.index = {k: i for i, k in enumerate(table["pair_keys"].tolist())}
+        keys = table["response_keys"] if "response_keys" in table else table["pair_keys"]
+        self.index = {k: i for i, k in enumerate(keys.tolist())}
 
     def run(self, policy: torch.nn.Module, fn: Callable[[torch.nn.Module], Any]) -> Any:
         raise POError("reference=cached holds stored log-probs only and runs no model; this loss needs the live "
@@ -94,6 +102,27 @@ class CachedReference(ReferenceSource):
                     raise POError(f"reference=cached: stored {part} values have {len(v)} tokens, the batch has {n}; "
                                   "the cache does not match this data")
                 out[row, :n] = v
+        return out.to(mask.device)
+
+    def list_logps(self, policy: torch.nn.Module, inputs: dict[str, torch.Tensor],
+                   chunk_size: int = 256) -> torch.Tensor:
+        if "response_keys" not in self.table:
+            raise POError("reference=cached: the cache holds pairs, the batch ranked lists (the cache does not match "
+                          "this data); delete the cache file or run po-cache-ref again")
+        mask = list_response_masks(inputs)
+        out = torch.zeros(mask.shape, dtype=torch.float32)
+        keys, present = inputs["response_keys"].cpu(), inputs["present"].cpu()
+        for i, k in present.nonzero().tolist():
+            j = self.index.get(int(keys[i, k]))
+            if j is None:
+                raise POError("reference=cached: a batch response has no cached value (the cache does not match "
+                              "this data); delete the cache file or run po-cache-ref again")
+            v = self._values("responses", j)
+            n = int(mask[i, k].sum().item())
+            if len(v) != n:
+                raise POError(f"reference=cached: stored response values have {len(v)} tokens, the batch has {n}; "
+                              "the cache does not match this data")
+            out[i, k, :n] = v
         return out.to(mask.device)
 
 

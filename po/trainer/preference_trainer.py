@@ -14,21 +14,23 @@ from transformers import Trainer
 
 from losses.base import PreferenceLoss
 from po.step.logprobs import unwrap
-from po.step.pair_batch import pair_batch
+from po.step.list_batch import step_output
 from po.step.reference import ReferenceSource
 from po.trainer.evaluation import loss_independent_metrics
 from po.trainer.loss_hooks import AfterOptimizerStep, LossGradients, load_loss_state, loss_param_groups, save_loss_state
 from po.trainer.metrics import MetricAccumulator
+from po.trainer.ranking import ranking_metrics
 from po.trainer.reliable import ReliableTrainerMixin
 
 
 class PreferenceTrainer(ReliableTrainerMixin, Trainer):
     def __init__(self, *args, loss_module: PreferenceLoss, reference: ReferenceSource | None = None,
-                 logps_chunk_size: int = 256, **kwargs):
+                 logps_chunk_size: int = 256, list_pairs: str = "all", **kwargs):
         super().__init__(*args, **kwargs)
         self.loss_module = loss_module
         self.reference = reference
         self.logps_chunk_size = logps_chunk_size
+        self.list_pairs = list_pairs  # data.list_pairs: the pairs a ranked list yields to a pairwise loss
         self.loss_module.bind_model(unwrap(self.model))  # e.g. SparsePO's mask network, sized from the model
         self.loss_module.to(self.args.device)
         self.add_callback(AfterOptimizerStep(self.loss_module))
@@ -39,13 +41,14 @@ class PreferenceTrainer(ReliableTrainerMixin, Trainer):
         self._local_train_tokens = 0.0
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        batch = pair_batch(model, inputs, self.loss_module, self.reference, self.logps_chunk_size)
-        out = self.loss_module(batch)
-        loss = out.per_pair.mean()
+        step = step_output(model, inputs, self.loss_module, self.reference, self.logps_chunk_size, self.list_pairs)
+        out, loss = step.out, step.loss  # loss: mean of weight * per_pair (the plain mean without a weight column)
         acc = self._metrics["train" if model.training else "eval"]
         acc.add(out.metrics)
         if not model.training:
-            acc.add(loss_independent_metrics(batch))
+            acc.add(loss_independent_metrics(step.pairs))
+            if step.lists is not None:  # held-out ranked lists: eval_rank/ndcg, eval_rank/kendall_tau
+                acc.add(ranking_metrics(step.lists))
         tokens = inputs["attention_mask"].sum()  # a tensor: no device sync on the hot path
         acc.add_total("num_tokens", tokens)
         if model.training:

@@ -8,11 +8,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from po.config import conf_dir
+from po.config import build_loss, conf_dir
 from po.data.toy import TOY_PATH
+from po.errors import ConfigError
+from po.run.validate import validate
 from tests.helpers.runs import compose_cfg, read_metrics, run_train
 
-LOSSES = sorted(p.stem for p in (conf_dir() / "loss").rglob("*.yaml"))
+ALL_LOSSES = sorted(p.stem for p in (conf_dir() / "loss").rglob("*.yaml"))
+# LCPO reweights pairs: it wraps every pairwise loss; a listwise loss (takes_lists) is refused (test below)
+LOSSES = [n for n in ALL_LOSSES if not build_loss(compose_cfg([f"loss={n}"]).loss).takes_lists]
 ANNOTATORS = ("ann", "bob", "cy")
 
 
@@ -97,6 +101,15 @@ def test_annotator_column_gives_one_eta_per_annotator(tmp_path):
 
 
 @pytest.mark.slow
+def test_lcpo_refuses_a_listwise_loss_in_one_line():
+    listwise = sorted(set(ALL_LOSSES) - set(LOSSES))
+    assert {"pl_dpo", "lipo"} <= set(listwise)
+    for name in listwise:
+        with pytest.raises(ConfigError) as err:
+            validate(compose_cfg([f"loss={name}", "weighting=lcpo"]))
+        assert "weighting=lcpo reweights pairs" in str(err.value) and "\n" not in str(err.value)
+
+
 @pytest.mark.parametrize("loss", LOSSES)
 def test_every_loss_trains_with_lcpo(tmp_path, loss):
     """`po-train loss=X weighting=lcpo` for every conf/loss/*.yaml: trains, logs eta and w, checkpoints eta."""

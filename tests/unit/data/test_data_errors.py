@@ -68,7 +68,7 @@ def test_bad_data_config_is_one_line():
     from po.run.validate import validate
     from tests.helpers.runs import compose_cfg
 
-    with pytest.raises(ConfigError, match=r"^data\.format=hh: use one of auto, explicit, implicit, ultrafeedback$"):
+    with pytest.raises(ConfigError, match=r"^data\.format=hh: use one of auto, explicit, implicit, ultrafeedback, ranked, ultrafeedback_raw, helpsteer2$"):
         validate(compose_cfg(["data.format=hh"]))
     with pytest.raises(ConfigError, match=r"^data\.mixture\[0\]\.weight=0: must be a number > 0"):
         validate(compose_cfg(["data.mixture=[{path: a.jsonl, weight: 0}]"]))
