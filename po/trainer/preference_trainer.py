@@ -37,6 +37,8 @@ class PreferenceTrainer(ReliableTrainerMixin, Trainer):
         self._metrics = {"train": MetricAccumulator(), "eval": MetricAccumulator()}
         self._last_log = time.perf_counter()
         self._local_train_tokens = 0.0
+        # Figures added to every held-out evaluation after step 0 (a judged eval, po.run.judged): name -> value.
+        self.eval_extras: list = []
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         batch = pair_batch(model, inputs, self.loss_module, self.reference, self.logps_chunk_size)
@@ -87,6 +89,9 @@ class PreferenceTrainer(ReliableTrainerMixin, Trainer):
         reduced = self._metrics["eval"].reduce(totals={"num_tokens"})
         reduced.pop("num_tokens", None)
         output.metrics.update({f"{prefix}_{k}": v for k, v in reduced.items()})
+        if self.state.global_step > 0:
+            for extra in self.eval_extras:
+                output.metrics.update({f"{prefix}_{k}": v for k, v in extra().items()})
         return output
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
