@@ -183,12 +183,21 @@ def reward_model_judge(model, tokenizer, batch_size: int = 16, max_length: int =
 
 
 def answer_tokens(tokenizer, answers: Sequence[str]) -> tuple[list[int], int, int]:
-    """(tokens both answers share before their last one, last token of answer A, of answer B)."""
-    a, b = (tokenizer(x, add_special_tokens=False).input_ids for x in answers)
-    if not a or not b or a[:-1] != b[:-1] or a[-1] == b[-1]:
+    """(tokens both answers share before their last one, last token of answer A, of answer B). When the tokenizer
+    merges the leading space into one answer only (" A" one token, " B" two), the space is spelled on its own."""
+    def spell(lead: str, a: str, b: str):
+        head = tokenizer(lead, add_special_tokens=False).input_ids if lead else []
+        ta, tb = (head + tokenizer(x, add_special_tokens=False).input_ids for x in (a, b))
+        ok = ta and tb and ta[:-1] == tb[:-1] and ta[-1] != tb[-1]
+        return (ta[:-1], ta[-1], tb[-1]) if ok else None
+
+    a, b = answers
+    lead = a[: len(a) - len(a.lstrip())]
+    found = spell("", a, b) or (spell(lead, a[len(lead):], b[len(lead):]) if lead and b.startswith(lead) else None)
+    if found is None:
         raise POError(f"judge.answers={list(answers)}: the judge tokenizer must spell both with the same tokens except "
                       "a different last one (e.g. [' A', ' B'])")
-    return a[:-1], a[-1], b[-1]
+    return found
 
 
 def pairwise_judge(model, tokenizer, question: str, answers: Sequence[str] = (" A", " B"), batch_size: int = 16,

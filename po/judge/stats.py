@@ -12,7 +12,8 @@ Inputs are per-sample arrays of shape [prompts, samples per prompt]:
 
 The length-controlled win rate follows AlpacaEval 2 LC: fit a logistic model of the preference on the (normalized,
 tanh-squashed) length difference, `P(win) = sigmoid(a + b * tanh(d / sd(d)))`, and report `sigmoid(a)`, the win
-rate the model predicts when both responses have the same length. A small L2 penalty on the slope alone keeps the
+rate the model predicts when both responses have the same length. Pairs where the policy is longer, shorter, or
+equally long weigh the same in the fit (`_sign_balance`). A small L2 penalty on the slope alone keeps the
 fit finite when length alone decides every pair (the separating boundary is then d = 0, so the intercept goes to 0
 and the LC win rate to 0.5), without shrinking the intercept.
 """
@@ -32,6 +33,18 @@ def _sigmoid(x):
     return 1.0 / (1.0 + np.exp(-x))
 
 
+def _sign_balance(d: np.ndarray) -> np.ndarray:
+    """Sample weights that give longer, shorter and equal-length pairs the same total weight (summing to 1), so the
+    fit's intercept is not pulled by how often the policy is longer: without them, a judge that prefers length alone
+    (the classes separate at d = 0) would get an intercept set by the ratio of longer to shorter pairs."""
+    groups = [d > 0, d < 0, d == 0]
+    present = [g for g in groups if g.any()]
+    weights = np.zeros_like(d)
+    for g in present:
+        weights[g] = 1.0 / (len(present) * g.sum())
+    return weights
+
+
 def win_rate(prefs: np.ndarray) -> float:
     """Mean preference: the mean over prompts of each prompt's mean over its samples (ties count half)."""
     return float(np.asarray(prefs, dtype=float).mean(axis=1).mean())
@@ -44,13 +57,13 @@ def lc_win_rate(prefs: np.ndarray, length_diff: np.ndarray, iterations: int = 25
     sd = d.std()
     x = np.tanh(d / sd) if sd > 0 else np.zeros_like(d)
     features = np.stack([np.ones_like(x), x], axis=1)
+    weights = _sign_balance(d)
     theta = np.zeros(2)
     penalty = np.diag([0.0, RIDGE])
-    n = len(y)
-    for _ in range(iterations):  # Newton steps on the penalized mean log-loss (convex: converges quickly)
+    for _ in range(iterations):  # Newton steps on the penalized weighted log-loss (convex: converges quickly)
         p = _sigmoid(features @ theta)
-        grad = features.T @ (p - y) / n + penalty @ theta
-        hess = (features * (p * (1 - p))[:, None]).T @ features / n + penalty
+        grad = features.T @ (weights * (p - y)) + penalty @ theta
+        hess = (features * (weights * p * (1 - p))[:, None]).T @ features + penalty
         step = np.linalg.solve(hess, grad)
         theta -= step
         if np.abs(step).max() < 1e-10:
