@@ -130,6 +130,7 @@ class JudgedEval:
         self.entry: dict[str, Any] | None = None
         self.facts: dict[str, Any] = {"start_sampled": 0, "evaluations": 0, "seconds": 0.0}
         self.records: list[dict[str, Any]] = []
+        self.last: tuple[int, dict[str, float]] | None = None  # (step, figures): a step is judged once
         self.prompts = held_out_prompts(trainer.eval_dataset, cfg.judge.num_prompts)
 
     def _prepare(self) -> None:
@@ -155,6 +156,9 @@ class JudgedEval:
 
     def __call__(self) -> dict[str, float]:
         """Sample, judge and summarize now; returns `judge/*` figures (the trainer adds the `eval_` prefix)."""
+        step = self.trainer.state.global_step
+        if self.last is not None and self.last[0] == step:  # the final evaluation at a step eval_steps judged
+            return dict(self.last[1])
         began = time.perf_counter()
         self._prepare()
         policy, tok, settings = self._policy(), self.tokenizer, sampling_settings(self.cfg.judge, self.cfg.seed)
@@ -179,7 +183,6 @@ class JudgedEval:
         figures = summarize(grid(prefs), grid(len_mine) - grid(len_theirs), grid(scores), grid(len_mine), grid(kl),
                             self.cfg.judge.bootstrap_samples, self.cfg.seed)
         figures["start_length_mean"] = float(np.mean(len_theirs))
-        step = self.trainer.state.global_step
         for k, (i, j) in enumerate((i, j) for i in range(count) for j in range(n)):
             self.records.append({
                 "step": step, "prompt_index": i, "sample": j, "prompt": texts[i], "policy": flat_mine[k],
@@ -192,4 +195,5 @@ class JudgedEval:
         self.facts["seconds"] = round(self.facts["seconds"] + time.perf_counter() - began, 3)
         log.info("judged eval at step %d: win rate %.3f [%.3f, %.3f], LC %.3f", step, figures["win_rate"],
                  figures["win_rate_ci_low"], figures["win_rate_ci_high"], figures["win_rate_lc"])
-        return {f"judge/{k}": v for k, v in figures.items()}
+        self.last = (step, {f"judge/{k}": v for k, v in figures.items()})
+        return dict(self.last[1])
