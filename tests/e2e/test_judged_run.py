@@ -70,3 +70,20 @@ def test_report_leads_with_win_rates_and_draws_no_empty_plot(judged_sweep):
     assert not (judged_sweep / "training_curves.png").exists()
     assert "fewer steps (at most 4) than one logging interval (trainer.logging_steps=10)" in text
     assert "![win_rate_vs_kl.png](win_rate_vs_kl.png)" in text
+
+
+def test_po_cache_judge_fills_what_a_run_then_reads(tmp_path):
+    import subprocess
+    import sys
+
+    settings = JUDGE + [f"judge.dir={tmp_path / 'cache'}", "judge.num_prompts=8", "judge.max_new_tokens=8"]
+    proc = subprocess.run([sys.executable, "-m", "po.cli.cache_judge", *settings, f"hydra.run.dir={tmp_path}/h"],
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0 and "prompts written" in proc.stdout, proc.stderr[-2000:]
+    summary = run_train(tmp_path / "run", settings + ["trainer.max_steps=2", "eval.before_training=false"])
+    assert summary["judge"]["start_cache"]["hit"] and summary["judge"]["start_sampled"] == 0
+    entry = Path(summary["judge"]["start_cache"]["path"])
+    assert entry.parent == tmp_path / "cache" and entry.name in proc.stdout
+    bad = subprocess.run([sys.executable, "-m", "po.cli.cache_judge", f"hydra.run.dir={tmp_path}/h"],
+                         capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1].startswith("po-cache-judge: error: ")
