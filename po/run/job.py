@@ -131,6 +131,8 @@ def _generation(cfg: DictConfig, trainer: PreferenceTrainer, tokenizer, paths: R
         return {}
     reference = trainer.reference
     if reference is None or not reference.live:
+        reference = trainer.eval_reference
+    if reference is None:
         reference = FrozenModelReference(policy_models.load_reference(cfg.model, tokenizer, cfg.seed, trainer.model)
                                          .to(trainer.args.device))
     eval_set = trainer.eval_dataset

@@ -141,6 +141,8 @@ class JudgedEval:
         if self.starting is None:
             reference = self.trainer.reference
             if reference is None or not reference.live:
+                reference = self.trainer.eval_reference  # a reference-free run's starting model, if loaded
+            if reference is None:
                 model = policy_models.load_reference(self.cfg.model, self.tokenizer, self.cfg.seed, None)
                 reference = FrozenModelReference(model.to(device))
                 self.facts["starting_model_loaded"] = True

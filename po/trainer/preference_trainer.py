@@ -7,12 +7,14 @@ the same metrics on the held-out split with an `eval_` prefix.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import torch
 from transformers import Trainer
 
 from losses.base import PreferenceLoss
+from po.step.layouts import batch_response_masks, split_chosen_rejected
 from po.step.logprobs import unwrap
 from po.step.pair_batch import pair_batch
 from po.step.reference import ReferenceSource
@@ -39,6 +41,9 @@ class PreferenceTrainer(ReliableTrainerMixin, Trainer):
         self._local_train_tokens = 0.0
         # Figures added to every held-out evaluation after step 0 (a judged eval, po.run.judged): name -> value.
         self.eval_extras: list = []
+        # A reference-free run's starting model, used only for the held-out implicit DPO figures (dpo/accuracy,
+        # dpo/margin), so that runs of every loss report them (po.run.build.evaluation_reference).
+        self.eval_reference: ReferenceSource | None = None
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         batch = pair_batch(model, inputs, self.loss_module, self.reference, self.logps_chunk_size)
@@ -47,6 +52,10 @@ class PreferenceTrainer(ReliableTrainerMixin, Trainer):
         acc = self._metrics["train" if model.training else "eval"]
         acc.add(out.metrics)
         if not model.training:
+            if batch.ref_chosen is None and self.eval_reference is not None:
+                ref = self.eval_reference.logps(model, inputs, self.logps_chunk_size)
+                rc, rr = split_chosen_rejected(ref, batch_response_masks(inputs))
+                batch = dataclasses.replace(batch, ref_chosen=rc, ref_rejected=rr)
             acc.add(loss_independent_metrics(batch))
         tokens = inputs["attention_mask"].sum()  # a tensor: no device sync on the hot path
         acc.add_total("num_tokens", tokens)
