@@ -59,6 +59,7 @@ def train(cfg: DictConfig, run_dir: Path, job_files: HydraJobFiles | None = None
 
 def _run(cfg: DictConfig, paths: RunPaths, start: RunStart, loss, args) -> dict[str, Any]:
     """Load, train (from `start.resume`), evaluate, export and summarize, in the claimed run directory."""
+    job_began = time.perf_counter()
     if is_main_process():
         write_text_atomic(paths.resolved_config, OmegaConf.to_yaml(cfg, resolve=True))
     trainer, tokenizer, facts = build_trainer(cfg, paths.root, loss=loss, args=args)
@@ -103,6 +104,7 @@ def _run(cfg: DictConfig, paths: RunPaths, start: RunStart, loss, args) -> dict[
     }
     if judged is not None:
         summary["judge"] = judged.facts
+    summary["job_time_s"] = round(time.perf_counter() - job_began, 2)  # build to summary (imports excluded)
     if trainer.is_world_process_zero():
         write_json_atomic(paths.summary, summary)  # last: from now on the run is finished
         print(format_summary(summary, paths.root))
@@ -164,6 +166,9 @@ def format_summary(summary: dict, run_dir: Path) -> str:
                      f"{e['eval_judge/win_rate_ci_high']:.3f}], length-controlled {e['eval_judge/win_rate_lc']:.3f} "
                      f"[{e['eval_judge/win_rate_lc_ci_low']:.3f}, {e['eval_judge/win_rate_lc_ci_high']:.3f}] "
                      f"({RunPaths(run_dir).judged_samples.name})")
+        seconds = summary["judge"]["seconds"]
+        lines.append(f"judged eval: {seconds:.1f} s, {100 * seconds / max(summary['job_time_s'], 1e-9):.1f}% of the "
+                     f"job's {summary['job_time_s']:.1f} s (build, train, evaluate, export)")
     lines.append(f"run directory: {run_dir} (summary.json, metrics.jsonl, model/)")
     return "\n".join(lines)
 
