@@ -64,6 +64,8 @@ def rules() -> dict[str, Spec]:
         "model.name_or_path": text(), "model.architecture": text(),
         "model.tokenizer_name_or_path": OPTIONAL_TEXT, "model.revision": OPTIONAL_TEXT,
         "model.attn_implementation": OPTIONAL_TEXT,
+        "model.warmup.steps": integer(ge=0), "model.warmup.learning_rate": number(gt=0),
+        "model.warmup.batch_size": POSITIVE_INT, "model.warmup.dir": OPTIONAL_TEXT,
         "model.dtype": choice("auto", *DTYPES),
         "peft.method": choice(*METHODS),
         "peft.r": POSITIVE_INT,
