@@ -87,3 +87,22 @@ def test_po_cache_judge_fills_what_a_run_then_reads(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "po.cli.cache_judge", f"hydra.run.dir={tmp_path}/h"],
                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1].startswith("po-cache-judge: error: ")
+
+
+def test_model_judges_in_a_run(tmp_path):
+    """A tiny reward model and a position-biased pairwise judge, by path, through po-train's judged eval: the
+    pairwise judge gives exactly 0.5 (both orders averaged); neither loads another copy of the policy."""
+    from tests.helpers.judges import first_answer_judge, tiny_reward_model
+
+    small = ["judge.num_prompts=8", "judge.max_new_tokens=8", "trainer.max_steps=2", "eval.before_training=false",
+             f"judge.dir={tmp_path / 'cache'}"]
+    rm = run_train(tmp_path / "rm", ["judge=reward_model", f"judge.name_or_path={tiny_reward_model(tmp_path / 'r')}",
+                                     *small])
+    assert rm["models_loaded"] == 2 and rm["judge"]["judge"].startswith("reward_model")  # policy + reference
+    assert rm["eval"]["eval_judge/score_mean_ci_low"] <= rm["eval"]["eval_judge/score_mean"]
+    pair = run_train(tmp_path / "pair", ["judge=pairwise", f"judge.name_or_path={first_answer_judge(tmp_path / 'p')}",
+                                         *small])
+    assert pair["eval"]["eval_judge/win_rate"] == pytest.approx(0.5, abs=1e-6)
+    first = [json.loads(line)["preference"] for line in (tmp_path / "pair" / "judged_samples.jsonl").open()]
+    assert len(first) == 16 and all(p == pytest.approx(0.5, abs=1e-6) for p in first)
+    assert pair["eval"]["eval_judge/win_rate_ci_low"] == pytest.approx(0.5, abs=1e-6)

@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
 
+from po.judge.judges import answer_tokens
 from po.models.tokenizer import load_tiny_tokenizer
 
 SIZES = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
@@ -24,16 +25,17 @@ def tiny_reward_model(folder: Path, seed: int = 0) -> Path:
     return Path(folder)
 
 
-def first_answer_judge(folder: Path, answer: str = " A") -> Path:
-    """A GPT-2 causal LM that always puts almost all probability on the last token of `answer` (position bias: it
-    always answers "first"): its final layer norm outputs a constant vector, which only that token's head row sees."""
+def first_answer_judge(folder: Path, answers: tuple[str, str] = (" A", " B")) -> Path:
+    """A GPT-2 causal LM that always puts almost all probability on the token the pairwise judge reads for the first
+    answer (position bias: it always answers "first"): its final layer norm outputs a constant vector, which only
+    that token's head row sees."""
     tokenizer = load_tiny_tokenizer()
     config = AutoConfig.for_model("gpt2", vocab_size=len(tokenizer), n_embd=32, n_layer=1, n_head=2, n_positions=512,
                                   tie_word_embeddings=False, bos_token_id=tokenizer.bos_token_id,
                                   eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(config)
-    token = tokenizer(answer, add_special_tokens=False).input_ids[-1]
+    token = answer_tokens(tokenizer, answers)[1]
     with torch.no_grad():
         model.transformer.ln_f.weight.zero_()
         model.transformer.ln_f.bias.copy_(torch.ones(32))

@@ -67,7 +67,7 @@ def test_reward_model_scores_through_its_chat_template_in_batches(tmp_path):
 
 
 def test_position_biased_pairwise_judge_gives_one_half(tmp_path):
-    folder = first_answer_judge(tmp_path / "judge", answer="A")
+    folder = first_answer_judge(tmp_path / "judge")
     tokenizer = AutoTokenizer.from_pretrained(folder)
     model = AutoModelForCausalLM.from_pretrained(folder).eval()
     prefix, tok_a, tok_b = answer_tokens(tokenizer, [" A", " B"])
