@@ -56,7 +56,10 @@ def judge_identity(judge_cfg: DictConfig) -> dict[str, Any]:
     values = OmegaConf.to_container(judge_cfg, resolve=True)
     if judge_cfg.kind == "function":
         fn = resolve_function(judge_cfg.function)
-        source = inspect.getsourcefile(fn)
+        try:
+            source = inspect.getsourcefile(fn)
+        except TypeError:  # a builtin or C function: its name is all there is
+            source = None
         return {"kind": "function", "function": judge_cfg.function,
                 "source": sha256_file(source) if source and Path(source).is_file() else None}
     model = OmegaConf.create({"kind": "hf", "name_or_path": judge_cfg.name_or_path, "revision": judge_cfg.revision,
