@@ -122,6 +122,21 @@ def starting_entry(model_cfg: DictConfig, judge_cfg: DictConfig, seed: int, toke
     return entry, facts
 
 
+def _earlier_records(path: Path) -> list[dict[str, Any]]:
+    """The judged samples a previous start of this run wrote (a fresh start has removed the file)."""
+    if not path.is_file():
+        return []
+    records = []
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict):
+            records.append(row)
+    return records
+
+
 class JudgedEval:
     """One run's judged evaluation: the judge, the starting model and the starting entry, loaded once and reused
     at every evaluation of the run."""
@@ -132,7 +147,7 @@ class JudgedEval:
         self.starting: ReferenceSource | None = None
         self.entry: dict[str, Any] | None = None
         self.facts: dict[str, Any] = {"start_sampled": 0, "evaluations": 0, "seconds": 0.0}
-        self.records: list[dict[str, Any]] = []
+        self.records = _earlier_records(paths.judged_samples)  # a resumed run keeps its earlier judged steps
         self.last: tuple[int, dict[str, float]] | None = None  # (step, figures): a step is judged once
         self.prompts = held_out_prompts(trainer.eval_dataset, cfg.judge.num_prompts)
 
@@ -188,6 +203,7 @@ class JudgedEval:
         figures = summarize(grid(prefs), grid(len_mine) - grid(len_theirs), grid(scores), grid(len_mine), grid(kl),
                             self.cfg.judge.bootstrap_samples, self.cfg.seed)
         figures["start_length_mean"] = float(np.mean(len_theirs))
+        self.records = [r for r in self.records if r.get("step") != step]  # a step judged again replaces its rows
         for k, (i, j) in enumerate((i, j) for i in range(count) for j in range(n)):
             self.records.append({
                 "step": step, "prompt_index": i, "sample": j, "prompt": texts[i], "policy": flat_mine[k],

@@ -106,3 +106,15 @@ def test_model_judges_in_a_run(tmp_path):
     first = [json.loads(line)["preference"] for line in (tmp_path / "pair" / "judged_samples.jsonl").open()]
     assert len(first) == 16 and all(p == pytest.approx(0.5, abs=1e-6) for p in first)
     assert pair["eval"]["eval_judge/win_rate_ci_low"] == pytest.approx(0.5, abs=1e-6)
+
+
+def test_resumed_run_keeps_its_earlier_judged_samples(tmp_path):
+    run = tmp_path / "run"
+    small = JUDGE + [f"judge.dir={tmp_path / 'cache'}", "judge.num_prompts=4", "judge.max_new_tokens=8",
+                     "trainer.eval_steps=2", "judge.at_eval_steps=true", "trainer.save_steps=2",
+                     "eval.before_training=false"]
+    run_train(run, small + ["trainer.max_steps=2"])
+    (run / "summary.json").unlink()  # as if the job had stopped after its checkpoint at step 2
+    run_train(run, small + ["trainer.max_steps=4"])
+    steps = {json.loads(line)["step"] for line in (run / "judged_samples.jsonl").read_text().splitlines()}
+    assert steps == {2, 4}
