@@ -14,6 +14,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 
 from po.errors import POError
 from po.models.tokenizer import not_found
+from po.models.warmup import apply_warmup
 from po.models.zero import copy_plain_init
 
 log = logging.getLogger(__name__)
@@ -31,7 +32,8 @@ def torch_dtype(name: str) -> torch.dtype | str:
 
 
 def build_tiny_model(cfg: DictConfig, tokenizer, seed: int) -> PreTrainedModel:
-    """A random-initialized model of `cfg.architecture` with `cfg.config` sizes; deterministic given `seed`."""
+    """A model of `cfg.architecture` with `cfg.config` sizes, random-initialized and then, with `model.warmup`,
+    warmed up on the toy set's chosen answers (po/models/warmup.py); deterministic given `seed`."""
     sizes = OmegaConf.to_container(cfg.config, resolve=True)
     config = AutoConfig.for_model(
         cfg.architecture, vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
@@ -44,12 +46,18 @@ def build_tiny_model(cfg: DictConfig, tokenizer, seed: int) -> PreTrainedModel:
             torch.manual_seed(seed)
             return AutoModelForCausalLM.from_config(config, dtype=torch_dtype(cfg.dtype))
 
-    model = build()
+    def plain() -> PreTrainedModel:  # the starting weights as built without DeepSpeed
+        model = build()
+        apply_warmup(model, cfg, tokenizer, seed)
+        return model
+
     from transformers.integrations import is_deepspeed_zero3_enabled
 
     if is_deepspeed_zero3_enabled():  # same seed, same weights with or without ZeRO-3
-        copy_plain_init(model, build)
-    return model
+        model = build()
+        copy_plain_init(model, plain)
+        return model
+    return plain()
 
 
 def load_policy(cfg: DictConfig, tokenizer, seed: int, **load_kwargs) -> PreTrainedModel:

@@ -11,7 +11,7 @@ from po.atomic import write_atomic
 from po.report.runs import Run
 
 
-def _save(fig, out_dir: Path, name: str) -> str:
+def save_png(fig, out_dir: Path, name: str) -> str:
     """Write `fig` as the PNG `out_dir/name` atomically (a failed write leaves the previous plot)."""
     import matplotlib.pyplot as plt
 
@@ -23,7 +23,22 @@ def _save(fig, out_dir: Path, name: str) -> str:
     return name
 
 
-def plot(table: dict[str, dict[str, Any]], runs: list[Run], out_dir: Path, metric: str) -> list[str]:
+def _no_curve_reason(finished: list[Run]) -> str:
+    """Why no finished run has a training-loss point (for the report)."""
+    config = [(r.summary.get("steps"), ((r.summary.get("config") or {}).get("trainer") or {}).get("logging_steps"))
+              for r in finished]
+    known = [(s, n) for s, n in config if isinstance(s, int) and isinstance(n, (int, float))]
+    if known and all(s < n for s, n in known):
+        return (f"no training-curve plot: every run trained fewer steps (at most {max(s for s, _ in known)}) than "
+                f"one logging interval (trainer.logging_steps={max(n for _, n in known):g}), so none logged a "
+                "training loss; lower trainer.logging_steps to draw one")
+    return "no training-curve plot: no run's metrics.jsonl holds a training loss"
+
+
+def plot(table: dict[str, dict[str, Any]], runs: list[Run], out_dir: Path, metric: str,
+         notes: list[str] | None = None) -> list[str]:
+    """Write the plots that have something to draw; for each that has not, a sentence saying why goes to `notes`."""
+    notes = [] if notes is None else notes
     import matplotlib
 
     matplotlib.use("Agg")
@@ -33,8 +48,11 @@ def plot(table: dict[str, dict[str, Any]], runs: list[Run], out_dir: Path, metri
     finished = [r for r in runs if r.status == "ok"]
     by_loss: dict[str, list[Run]] = defaultdict(list)
     for r in finished:
-        by_loss[r.loss].append(r)
-    if finished:
+        if r.curve():  # a panel only for losses with a logged training loss: no empty axes
+            by_loss[r.loss].append(r)
+    if finished and not any(r.curve() for r in finished):
+        notes.append(_no_curve_reason(finished))
+    elif by_loss:
         fig, axes = plt.subplots(1, len(by_loss), figsize=(5 * len(by_loss), 3.5), squeeze=False)
         for ax, (loss, members) in zip(axes[0], sorted(by_loss.items())):
             for r in members:
@@ -44,7 +62,7 @@ def plot(table: dict[str, dict[str, Any]], runs: list[Run], out_dir: Path, metri
             ax.set_title(f"training loss: {loss}")
             ax.set_xlabel("step")
             ax.legend(fontsize=6)
-        written.append(_save(fig, out_dir, "training_curves.png"))
+        written.append(save_png(fig, out_dir, "training_curves.png"))
 
     points = defaultdict(list)
     for row in table.values():
@@ -59,7 +77,9 @@ def plot(table: dict[str, dict[str, Any]], runs: list[Run], out_dir: Path, metri
         ax.set_xlabel("beta")
         ax.set_ylabel(metric)
         ax.legend(fontsize=7)
-        written.append(_save(fig, out_dir, "metric_vs_beta.png"))
+        written.append(save_png(fig, out_dir, "metric_vs_beta.png"))
+    elif finished:
+        notes.append(f"no {metric}-vs-beta plot: no configuration has both a beta and {metric}")
 
     gen = [(r.loss, r.metrics()["eval_gen/kl_to_reference"], r.metrics()["eval_gen/length_mean"])
            for r in finished if "eval_gen/kl_to_reference" in r.metrics()]
@@ -70,5 +90,5 @@ def plot(table: dict[str, dict[str, Any]], runs: list[Run], out_dir: Path, metri
         ax.set_xlabel("KL to reference (sampled estimate)")
         ax.set_ylabel("mean response length")
         ax.legend(fontsize=7)
-        written.append(_save(fig, out_dir, "length_vs_kl.png"))
+        written.append(save_png(fig, out_dir, "length_vs_kl.png"))
     return written

@@ -1,5 +1,10 @@
 """`po-report SWEEP_DIR`: one table and a few plots for a sweep, from the runs' own files.
 
+With a judge (judge=...), the report leads with the answer: win rate and length-controlled win rate against the
+starting model per configuration (mean and 95% interval over seeds and prompts), the win-rate-vs-KL frontier plot,
+and a line naming the best configuration and whether it is separated from the runner-up (po/report/judged.py). A
+plot with nothing to draw is not drawn; the report says why.
+
 Reads every run under SWEEP_DIR (a folder with `.hydra/overrides.yaml`, `summary.json` or `metrics.jsonl`), groups
 runs that differ only in `seed`, and writes `report.md` (mean and std over seeds of each final metric, the best
 value per loss in bold, failed or unfinished runs listed) and PNG plots: training loss per configuration, a final
@@ -21,6 +26,7 @@ import sys
 from pathlib import Path
 
 from po.atomic import write_text_atomic
+from po.report.judged import best_line, frontier_plot, judged_groups, judged_section
 from po.report.plots import plot
 from po.report.runs import find_runs
 from po.report.table import aggregate, markdown
@@ -39,5 +45,16 @@ def write_report(sweep_dir: Path, metric: str = "eval_rewards/accuracies", out_d
             print(f"po-report: skipped {run.path}: {run.error}", file=sys.stderr)
     out_dir.mkdir(parents=True, exist_ok=True)
     table = aggregate(runs)
-    plots = plot(table, runs, out_dir, metric)
-    return write_text_atomic(out_dir / "report.md", markdown(table, runs, sweep_dir, plots))
+    notes: list[str] = []
+    plots = plot(table, runs, out_dir, metric, notes)
+    groups = judged_groups(runs)
+    lead = judged_section(groups)
+    if groups:
+        frontier = frontier_plot(groups, out_dir)
+        if frontier is not None:
+            plots.insert(0, frontier)
+        else:
+            notes.append("no win-rate-vs-KL plot: no judged configuration has a KL to the starting model")
+        lead.append(best_line(groups))
+        lead.append("")
+    return write_text_atomic(out_dir / "report.md", markdown(table, runs, sweep_dir, plots, lead, notes))

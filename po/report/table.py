@@ -55,12 +55,15 @@ def _best(table: dict[str, dict[str, Any]], metric: str) -> set[tuple[str, str]]
     return best
 
 
-def markdown(table: dict[str, dict[str, Any]], runs: list[Run], sweep_dir: Path, plots: list[str]) -> str:
+def markdown(table: dict[str, dict[str, Any]], runs: list[Run], sweep_dir: Path, plots: list[str],
+             lead: list[str] = (), notes: list[str] = ()) -> str:
+    """The report; `lead`: lines that come first (the judged win rates); `notes`: why a plot was not drawn."""
     present = [m for m in METRICS + ["train_loss"] if any(m in row["metrics"] for row in table.values())]
     bold = set().union(*(_best(table, m) for m in present)) if present else set()
     lines = [f"# Sweep report: {sweep_dir.name}", "",
              f"{sum(r.status == 'ok' for r in runs)} of {len(runs)} runs finished; "
              f"{len(table)} configurations; mean ± std over seeds; best value per loss in **bold**.", ""]
+    lines[2:2] = list(lead)
     lines.append("| configuration | loss | beta | seeds | " + " | ".join(present) + " |")
     lines.append("|" + "---|" * (4 + len(present)))
     for group, row in table.items():
@@ -81,6 +84,6 @@ def markdown(table: dict[str, dict[str, Any]], runs: list[Run], sweep_dir: Path,
             for r in problems:
                 reason = f": {r.error.splitlines()[0]}" if r.error else ""
                 lines.append(f"- `{r.path.relative_to(sweep_dir)}` ({r.status}){reason}")
-    if plots:
-        lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in plots]
+    if plots or notes:
+        lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in plots] + [f"- {n}" for n in notes]
     return "\n".join(lines) + "\n"

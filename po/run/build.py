@@ -150,6 +150,16 @@ def open_reference_cache(cfg: DictConfig, tokenizer, data: PreferenceData, colla
     return main_first(partial(open_cache, cache_path(cache_dir(cfg.reference), key), key, fill, must_write))
 
 
+def evaluation_reference(cfg: DictConfig, tokenizer, policy: torch.nn.Module, args: TrainingArguments):
+    """The starting model for a reference-free run's held-out DPO figures: the adapter-disabled policy under PEFT
+    (no copy), else one frozen copy (sharded like the policy under ZeRO-3). Returns (source, models loaded)."""
+    if cfg.peft.get("method", "none") != "none":
+        return AdapterReference(), 0
+    model = policy_models.load_reference(cfg.model, tokenizer, cfg.seed, policy).to(args.device)
+    ds_config = args.hf_deepspeed_config.config if args.deepspeed else None
+    return FrozenModelReference(prepare_reference(model, ds_config, args.world_size)), 1
+
+
 def build_trainer(cfg: DictConfig, run_dir: Path, *, data: PreferenceData | None = None,
                   loss: PreferenceLoss | None = None, tokenizer=None,
                   args: TrainingArguments | None = None) -> tuple[PreferenceTrainer, Any, dict]:
@@ -181,12 +191,15 @@ def build_trainer(cfg: DictConfig, run_dir: Path, *, data: PreferenceData | None
         callbacks=[MetricsJsonl(paths.metrics)], loss_module=loss, reference=reference.source,
         logps_chunk_size=cfg.trainer.logps_chunk_size, list_pairs=cfg.data.get("list_pairs") or "all",
     )
+    eval_models = 0
+    if reference.source is None and data.eval is not None and cfg.eval.get("reference_free_dpo", False):
+        trainer.eval_reference, eval_models = evaluation_reference(cfg, tokenizer, policy, args)
     trainer.reliability = ReliabilitySettings(cfg.trainer.max_bad_steps, cfg.trainer.checkpoint_checksums,
                                               nonfinite_report=paths.nonfinite_steps,
                                               preempted_marker=paths.preempted)
     facts = {
         **reference.facts,
-        "models_loaded": 1 + reference.models_loaded,
+        "models_loaded": 1 + reference.models_loaded + eval_models,
         "policy_parameters": policy_models.count_parameters(policy),
         "data": {split: report.as_dict() for split, report in data.reports.items()},
         "pairs_per_optimizer_step": args.per_device_train_batch_size * args.gradient_accumulation_steps

@@ -22,6 +22,7 @@ from po.models import policy as policy_models
 from po.run.build import build_trainer, training_arguments
 from po.run.distributed import is_main_process
 from po.run.export import export_model
+from po.run.judged import JudgedEval, judging
 from po.run.jobfiles import HydraJobFiles, close_job_log, write_job_files
 from po.run.lock import claim_run_dir, refuse_finished
 from po.run.paths import RunPaths
@@ -58,6 +59,7 @@ def train(cfg: DictConfig, run_dir: Path, job_files: HydraJobFiles | None = None
 
 def _run(cfg: DictConfig, paths: RunPaths, start: RunStart, loss, args) -> dict[str, Any]:
     """Load, train (from `start.resume`), evaluate, export and summarize, in the claimed run directory."""
+    job_began = time.perf_counter()
     if is_main_process():
         write_text_atomic(paths.resolved_config, OmegaConf.to_yaml(cfg, resolve=True))
     trainer, tokenizer, facts = build_trainer(cfg, paths.root, loss=loss, args=args)
@@ -65,6 +67,7 @@ def _run(cfg: DictConfig, paths: RunPaths, start: RunStart, loss, args) -> dict[
     if start.record_fingerprint and is_main_process():
         record_fingerprint(paths, cfg.data)  # after loading: hub datasets are in the local cache now
     has_eval = trainer.eval_dataset is not None
+    judged = _judged_eval(cfg, trainer, tokenizer, paths, has_eval)
     before = {}
     if start.resume is not None:  # evaluated at the first start: metrics.jsonl keeps it
         before = eval_before_from_metrics(paths)
@@ -77,6 +80,8 @@ def _run(cfg: DictConfig, paths: RunPaths, start: RunStart, loss, args) -> dict[
     wall = time.perf_counter() - began
     tokens = trainer.train_tokens()  # all ranks, before any rank-0-only write can fail
     after = trainer.evaluate() if has_eval else {}
+    if judged is not None and not cfg.judge.at_eval_steps:  # at_eval_steps: the evaluation above judged already
+        after.update({f"eval_{k}": v for k, v in judged().items()})
     if has_eval and cfg.eval.generate:
         after.update(_generation(cfg, trainer, tokenizer, paths))
     merge = bool(cfg.model.get("merge_lora_on_save"))
@@ -97,10 +102,28 @@ def _run(cfg: DictConfig, paths: RunPaths, start: RunStart, loss, args) -> dict[
         "versions": package_versions(),
         **facts,
     }
+    if judged is not None:
+        summary["judge"] = judged.facts
+    summary["job_time_s"] = round(time.perf_counter() - job_began, 2)  # build to summary (imports excluded)
     if trainer.is_world_process_zero():
         write_json_atomic(paths.summary, summary)  # last: from now on the run is finished
         print(format_summary(summary, paths.root))
     return summary
+
+
+def _judged_eval(cfg: DictConfig, trainer: PreferenceTrainer, tokenizer, paths: RunPaths,
+                 has_eval: bool) -> JudgedEval | None:
+    """The run's judged evaluation (None without a judge); with judge.at_eval_steps it joins every evaluation."""
+    if not judging(cfg.get("judge")):
+        return None
+    if not has_eval:
+        log.warning("judge=%s needs held-out prompts, and this run has no held-out split; judged eval skipped "
+                    "(set data.eval_fraction > 0 or data.eval_path)", cfg.judge.kind)
+        return None
+    judged = JudgedEval(cfg, trainer, tokenizer, paths)
+    if cfg.judge.at_eval_steps:
+        trainer.eval_extras.append(judged)
+    return judged
 
 
 def _generation(cfg: DictConfig, trainer: PreferenceTrainer, tokenizer, paths: RunPaths) -> dict[str, Any]:
@@ -110,6 +133,8 @@ def _generation(cfg: DictConfig, trainer: PreferenceTrainer, tokenizer, paths: R
         return {}
     reference = trainer.reference
     if reference is None or not reference.live:
+        reference = trainer.eval_reference
+    if reference is None:
         reference = FrozenModelReference(policy_models.load_reference(cfg.model, tokenizer, cfg.seed, trainer.model)
                                          .to(trainer.args.device))
     eval_set = trainer.eval_dataset
@@ -134,6 +159,16 @@ def format_summary(summary: dict, run_dir: Path) -> str:
     if acc_after is not None:
         before = f"{acc_before:.3f} -> " if acc_before is not None else ""
         lines.append(f"held-out reward accuracy: {before}{acc_after:.3f}")
+    win = summary["eval"].get("eval_judge/win_rate")
+    if win is not None:
+        e = summary["eval"]
+        lines.append(f"judged win rate vs the starting model: {win:.3f} [{e['eval_judge/win_rate_ci_low']:.3f}, "
+                     f"{e['eval_judge/win_rate_ci_high']:.3f}], length-controlled {e['eval_judge/win_rate_lc']:.3f} "
+                     f"[{e['eval_judge/win_rate_lc_ci_low']:.3f}, {e['eval_judge/win_rate_lc_ci_high']:.3f}] "
+                     f"({RunPaths(run_dir).judged_samples.name})")
+        seconds = summary["judge"]["seconds"]
+        lines.append(f"judged eval: {seconds:.1f} s, {100 * seconds / max(summary['job_time_s'], 1e-9):.1f}% of the "
+                     f"job's {summary['job_time_s']:.1f} s (build, train, evaluate, export)")
     lines.append(f"run directory: {run_dir} (summary.json, metrics.jsonl, model/)")
     return "\n".join(lines)
 

@@ -69,6 +69,10 @@ class RunPaths:
         return self.root / "generations.jsonl"         # eval.generate=true: sampled held-out responses
 
     @property
+    def judged_samples(self) -> Path:
+        return self.root / "judged_samples.jsonl"      # a judge: every judged sample (both responses, scores, KL)
+
+    @property
     def annotators(self) -> Path:
         return self.root / "annotators.json"           # annotator id -> index, with weighting.annotator_column
 
@@ -80,5 +84,5 @@ class RunPaths:
         """What a previous run in this directory left that a fresh start removes (`trainer.overwrite=true`, or a run
         that died before its first checkpoint). The lock file is never removed (see po.run.lock)."""
         return (self.checkpoints, self.metrics, self.summary, self.model, self.preempted, self.data_fingerprint,
-                self.nonfinite_steps, self.run_id, self.generations, self.annotators, self.resolved_config,
+                self.nonfinite_steps, self.run_id, self.generations, self.judged_samples, self.annotators, self.resolved_config,
                 self.error)

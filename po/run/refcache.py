@@ -1,8 +1,8 @@
 """Reference log-probs computed once, stored on disk, and reused by every run with the same key (`reference=cached`).
 
 The key is a hash of everything the values depend on:
-  - the reference model: `model=tiny` -> architecture, sizes, dtype, seed and library versions (they generate the
-    weights); `model=hf` -> path, dtype, and a content hash of its config and weight files;
+  - the reference model: `model=tiny` -> architecture, sizes, dtype, seed, the supervised warm-up's settings
+    (`model.warmup`) and library versions (they generate the weights); `model=hf` -> path, dtype, and a content hash of its config and weight files;
   - the tokenizer: its serialized vocabulary/merges, chat template and special tokens;
   - the data: an order-independent fingerprint of the tokenized pairs (train and held-out);
   - every tokenization setting of the `data` group (max_length, max_prompt_length, ...).
@@ -46,6 +46,7 @@ from po.data.collate import KeyedCollator
 from po.errors import POError
 from po.fingerprint import json_sha256, pairs_fingerprint, sha256_files, tokenizer_fingerprint
 from po.data.list_collate import is_list_batch
+from po.models.warmup import warmup_settings
 from po.step.layouts import batch_response_masks, batch_token_logps
 from po.step.list_layouts import list_response_masks, list_token_logps
 from po.step.reference import CachedReference
@@ -83,7 +84,8 @@ def model_fingerprint(cfg: DictConfig, seed: int) -> dict[str, Any]:
               "attn_implementation": str(cfg.get("attn_implementation"))}
     if cfg.kind == "tiny":
         return {**common, "architecture": cfg.architecture, "config": OmegaConf.to_container(cfg.config, resolve=True),
-                "seed": seed, "torch": torch.__version__, "transformers": transformers.__version__}
+                "seed": seed, "torch": torch.__version__, "transformers": transformers.__version__,
+                "warmup": warmup_settings(cfg)}  # the supervised warm-up is part of the starting weights
     folder = _model_dir(cfg)
     files = [f for f in folder.iterdir() if f.is_file() and (
         f.name == "config.json" or f.suffix in {".safetensors", ".bin", ".pt", ".pth"} or f.name.endswith(".index.json"))]

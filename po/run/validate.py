@@ -17,6 +17,7 @@ from losses.base import NEEDS, SIGNALS, TOKEN_KL, TOKEN_LOGPS, PreferenceLoss
 from po.config import PO_TRAINER_KEYS, build_loss, check_targets, conf_dir, trainer_kwargs
 from po.data.options import check_data_config
 from po.errors import ConfigError
+from po.judge.judges import check_judge
 from po.models.peft import COMPUTE_DTYPES, METHODS
 from po.run.distributed import quiet_unused_deepspeed
 from po.run.values import check_training_arguments, check_values
@@ -52,6 +53,8 @@ def validate(cfg: DictConfig) -> PreferenceLoss:
     loss = build_loss(cfg.loss, cfg.weighting)
     check_loss_fits(loss, cfg)
     validate_peft(cfg.peft, cfg.model, cfg.deepspeed)
+    if "judge" in cfg:
+        check_judge(cfg.judge, _zero_stage(cfg.deepspeed))
     return loss
 
 
@@ -114,7 +117,11 @@ def validate_peft(peft_cfg: DictConfig, model_cfg: DictConfig, deepspeed_cfg: Di
             raise ConfigError(f"peft.compute_dtype={peft_cfg.compute_dtype}: use one of {', '.join(COMPUTE_DTYPES)}")
     if name == "none" and model_cfg.get("merge_lora_on_save"):
         raise ConfigError("model.merge_lora_on_save=true needs peft=lora (there is no adapter to merge)")
-    stage = ((deepspeed_cfg.get("config") or {}).get("zero_optimization") or {}).get("stage", 0)
+    stage = _zero_stage(deepspeed_cfg)
     if name != "none" and model_cfg.get("merge_lora_on_save") and stage == 3:
         raise ConfigError("model.merge_lora_on_save=true is not supported under deepspeed=zero3 (the base weights "
                           "are sharded); save the adapter and merge it afterwards with peft's merge_and_unload()")
+
+
+def _zero_stage(deepspeed_cfg: DictConfig) -> int:
+    return ((deepspeed_cfg.get("config") or {}).get("zero_optimization") or {}).get("stage", 0)

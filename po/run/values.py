@@ -36,7 +36,7 @@ from po.models.policy import DTYPES
 from po.value_specs import (Spec, boolean, check_arguments, check_value, choice, container, either, integer, kind_of,
                             nullable_spec, number, show, spec_of_annotation, text)
 
-GROUPS = ("model", "data", "loss", "weighting", "reference", "peft", "deepspeed", "trainer", "eval")
+GROUPS = ("model", "data", "loss", "weighting", "reference", "peft", "deepspeed", "trainer", "eval", "judge")
 
 
 POSITIVE_INT = integer(gt=0)
@@ -69,6 +69,8 @@ def rules() -> dict[str, Spec]:
         "model.name_or_path": text(), "model.architecture": text(),
         "model.tokenizer_name_or_path": OPTIONAL_TEXT, "model.revision": OPTIONAL_TEXT,
         "model.attn_implementation": OPTIONAL_TEXT,
+        "model.warmup.steps": integer(ge=0), "model.warmup.learning_rate": number(gt=0),
+        "model.warmup.batch_size": POSITIVE_INT, "model.warmup.dir": OPTIONAL_TEXT,
         "model.dtype": choice("auto", *DTYPES),
         "peft.method": choice(*METHODS),
         "peft.r": POSITIVE_INT,
@@ -106,6 +108,12 @@ def rules() -> dict[str, Spec]:
         "eval.num_prompts": POSITIVE_INT,
         "eval.max_new_tokens": POSITIVE_INT,
         "eval.temperature": number(gt=0),
+        "judge.kind": choice("none", "function", "reward_model", "pairwise"),
+        "judge.function": text(), "judge.name_or_path": text(), "judge.revision": OPTIONAL_TEXT,
+        "judge.dtype": choice("auto", *DTYPES), "judge.dir": OPTIONAL_TEXT, "judge.question": text(),
+        "judge.max_length": POSITIVE_INT, "judge.num_prompts": POSITIVE_INT, "judge.samples_per_prompt": POSITIVE_INT,
+        "judge.max_new_tokens": POSITIVE_INT, "judge.temperature": number(gt=0), "judge.top_p": Spec(frozenset({"number"}), "a number in (0, 1]", lambda v: 0 < v <= 1),
+        "judge.batch_size": POSITIVE_INT, "judge.bootstrap_samples": integer(ge=100),
     }
 
 

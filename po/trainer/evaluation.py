@@ -1,7 +1,8 @@
 """Held-out figures that do not depend on the training loss, so runs of different losses can be compared.
 
 - `dpo/accuracy`, `dpo/margin`: the implicit DPO reward `rho(y) = S_theta(y) - S_ref(y)` of chosen vs rejected
-  (needs reference log-probs: absent for reference-free runs unless a reference is loaded for evaluation).
+  (needs reference log-probs; reference-free runs get them from the starting model loaded for evaluation,
+  `PreferenceTrainer.eval_reference`, with `eval.reference_free_dpo=true`).
 - `logps/mean_token_chosen`, `logps/mean_token_rejected`: mean response log-prob per token.
 - With `eval.generate=true`: sampled responses on held-out prompts, their length (mean, p95) and a sampled-sequence
   estimate of KL(policy || reference) = mean over samples of log pi(y|x) - log ref(y|x) (summed over tokens).

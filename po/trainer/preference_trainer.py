@@ -7,14 +7,16 @@ the same metrics on the held-out split with an `eval_` prefix.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import torch
 from transformers import Trainer
 
-from losses.base import PreferenceLoss
+from losses.base import ListBatch, PairBatch, PreferenceLoss
+from po.step.layouts import batch_response_masks, split_chosen_rejected
 from po.step.logprobs import unwrap
-from po.step.list_batch import step_output
+from po.step.list_batch import StepOutput, step_output
 from po.step.reference import ReferenceSource
 from po.trainer.evaluation import loss_independent_metrics
 from po.trainer.loss_hooks import AfterOptimizerStep, LossGradients, load_loss_state, loss_param_groups, save_loss_state
@@ -39,6 +41,11 @@ class PreferenceTrainer(ReliableTrainerMixin, Trainer):
         self._metrics = {"train": MetricAccumulator(), "eval": MetricAccumulator()}
         self._last_log = time.perf_counter()
         self._local_train_tokens = 0.0
+        # Figures added to every held-out evaluation after step 0 (a judged eval, po.run.judged): name -> value.
+        self.eval_extras: list = []
+        # A reference-free run's starting model, used only for the held-out implicit DPO figures (dpo/accuracy,
+        # dpo/margin), so that runs of every loss report them (po.run.build.evaluation_reference).
+        self.eval_reference: ReferenceSource | None = None
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         step = step_output(model, inputs, self.loss_module, self.reference, self.logps_chunk_size, self.list_pairs)
@@ -46,15 +53,28 @@ class PreferenceTrainer(ReliableTrainerMixin, Trainer):
         acc = self._metrics["train" if model.training else "eval"]
         acc.add(out.metrics)
         if not model.training:
-            acc.add(loss_independent_metrics(step.pairs))
-            if step.lists is not None:  # held-out ranked lists: eval_rank/ndcg, eval_rank/kendall_tau
-                acc.add(ranking_metrics(step.lists))
+            pairs, lists = self._held_out_values(step, model, inputs)
+            acc.add(loss_independent_metrics(pairs))
+            if lists is not None:  # held-out ranked lists: eval_rank/ndcg, eval_rank/kendall_tau
+                acc.add(ranking_metrics(lists))
         tokens = inputs["attention_mask"].sum()  # a tensor: no device sync on the hot path
         acc.add_total("num_tokens", tokens)
         if model.training:
             self._local_train_tokens = self._local_train_tokens + tokens
         return (loss, out) if return_outputs else loss
 
+    def _held_out_values(self, step: StepOutput, model, inputs) -> tuple[PairBatch, ListBatch | None]:
+        """The step's pairs (and lists) for the held-out metrics; a reference-free loss's get the starting model's
+        values from `eval_reference`, so that its implicit DPO figures exist as for every other loss."""
+        if step.pairs.ref_chosen is not None or self.eval_reference is None:
+            return step.pairs, step.lists
+        if step.lists is None:
+            ref = self.eval_reference.logps(model, inputs, self.logps_chunk_size)
+            rc, rr = split_chosen_rejected(ref, batch_response_masks(inputs))
+            return dataclasses.replace(step.pairs, ref_chosen=rc, ref_rejected=rr), None
+        ref = self.eval_reference.list_logps(model, inputs, self.logps_chunk_size)
+        lists = dataclasses.replace(step.lists, reference=ref)
+        return lists.pairs(self.list_pairs)[0], lists
     def _get_dataloader(self, dataset, description, batch_size, sampler_fn=None, is_training=False,
                         dataloader_key=None):
         """`dataloader_drop_last` is for training (full global batches); evaluation always sees every pair."""
@@ -90,6 +110,9 @@ class PreferenceTrainer(ReliableTrainerMixin, Trainer):
         reduced = self._metrics["eval"].reduce(totals={"num_tokens"})
         reduced.pop("num_tokens", None)
         output.metrics.update({f"{prefix}_{k}": v for k, v in reduced.items()})
+        if self.state.global_step > 0:
+            for extra in self.eval_extras:
+                output.metrics.update({f"{prefix}_{k}": v for k, v in extra().items()})
         return output
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:

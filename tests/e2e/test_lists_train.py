@@ -44,6 +44,8 @@ def test_train_on_ranked_lists(tmp_path, ranked_file, overrides):
     assert evals and math.isfinite(evals[-1]["eval_loss"])
     for name in ("eval_rank/ndcg", "eval_rank/kendall_tau"):  # held-out lists: ranking metrics, logged and summed up
         assert -1 <= evals[-1][name] <= 1 and name in summary["eval"] and name in summary["eval_before"]
+    if "loss=simpo" in overrides:  # reference-free: the starting model gives the implicit DPO figures on lists too
+        assert summary["eval_before"]["eval_dpo/margin"] == 0.0 and 0 <= summary["eval"]["eval_dpo/accuracy"] <= 1
 
 
 def test_signal_columns_reach_the_loss(tmp_path):

@@ -15,9 +15,13 @@ def group_options(root: Path):
             yield "/".join(rel.parts[:-1]), path.stem
 
 
+JUDGE_CONFIGS = Path(__file__).with_name("judge_models")  # config.json files only: what config-time checks read
 OPTIONS = list(group_options(conf_dir()))
 NEEDS = {  # options that need a value or a machine the tests do not have
     ("model", "hf"): ["model.name_or_path=some/model"],
     ("data", "jsonl"): ["data.path=some.jsonl"],
     ("data", "mixture"): ["data.mixture=[{path: some.jsonl, weight: 1}]"],
+    ("judge", "function"): ["judge.function=po.judge.toy.score"],
+    ("judge", "reward_model"): [f"judge.name_or_path={JUDGE_CONFIGS / 'reward_model'}"],
+    ("judge", "pairwise"): [f"judge.name_or_path={JUDGE_CONFIGS / 'causal_lm'}"],
 }

@@ -16,7 +16,7 @@ from tests.helpers.runs import REPO
 
 PACKAGES = {"po": Path(po.__file__).parent, "losses": Path(losses.__file__).parent}
 # Lower number = lower layer. A module may import only modules of its own layer or below.
-LAYERS = {"losses": 0, "po": 1, "po.data": 2, "po.models": 3, "po.step": 3, "po.trainer": 4, "po.run": 5,
+LAYERS = {"losses": 0, "po": 1, "po.data": 2, "po.models": 3, "po.step": 3, "po.trainer": 4, "po.judge": 4, "po.run": 5,
           "po.report": 5, "po.cli": 6}
 
 

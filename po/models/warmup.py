@@ -1,0 +1,159 @@
+"""A short supervised warm-up of the tiny model on the shipped toy set's chosen answers (`model.warmup`).
+
+Why: real preference training starts from a supervised model, and a random-initialized tiny model writes noise, so
+a judged win rate against it compares two kinds of noise. A few steps of next-token training on the toy set's
+chosen (prompt, answer) conversations give a starting model that writes toy-like sentences.
+
+The warm-up is part of the starting model: `po.models.policy.build_tiny_model` applies it, so the policy, the frozen
+reference, the reference cache (its key includes `model.warmup`, po/run/refcache.py) and the judge's starting-model
+samples all see the warmed-up weights. It is deterministic: it runs on the CPU in float32 from the seeded random
+init, with a seeded data order, the same on every rank and with or without DeepSpeed (ZeRO-3 copies the plain
+build, po/models/zero.py). The weights are cached on disk (`model.warmup.dir`, default `$PO_CACHE_DIR/warmup` or
+`~/.cache/po/warmup`), keyed by everything they depend on (architecture, sizes, dtype, seed, warm-up settings,
+tokenizer, toy file, library versions); an entry is written atomically and its checksum is verified on every read
+(a bad entry is one warning line and is recomputed).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from po.atomic import WriteError, write_atomic
+from po.data.toy import TOY_PATH
+from po.fingerprint import json_sha256, sha256_file, tokenizer_fingerprint
+
+log = logging.getLogger(__name__)
+
+FORMAT = 1
+
+
+def warmup_settings(model_cfg: DictConfig) -> dict[str, Any] | None:
+    """The `model.warmup` settings that change the weights, or None when the warm-up is off."""
+    warmup = model_cfg.get("warmup")
+    if warmup is None or not warmup.get("steps"):
+        return None
+    values = OmegaConf.to_container(warmup, resolve=True)
+    return {k: values[k] for k in ("steps", "learning_rate", "batch_size")}
+
+
+def warmup_key(model_cfg: DictConfig, tokenizer, seed: int) -> str:
+    import transformers
+
+    parts = {"format": FORMAT, "architecture": model_cfg.architecture,
+             "config": OmegaConf.to_container(model_cfg.config, resolve=True), "dtype": str(model_cfg.dtype),
+             "attn_implementation": str(model_cfg.get("attn_implementation")), "seed": seed,
+             "warmup": warmup_settings(model_cfg), "tokenizer": tokenizer_fingerprint(tokenizer),
+             "data": sha256_file(TOY_PATH), "torch": torch.__version__, "transformers": transformers.__version__}
+    return json_sha256(parts)[:32]
+
+
+def cache_path(model_cfg: DictConfig, key: str) -> Path:
+    configured = model_cfg.warmup.get("dir")
+    if configured:
+        folder = Path(os.path.expanduser(str(configured)))
+    elif os.environ.get("PO_CACHE_DIR"):
+        folder = Path(os.environ["PO_CACHE_DIR"]) / "warmup"
+    else:
+        folder = Path(os.path.expanduser("~/.cache/po/warmup"))
+    return folder / f"{key}.pt"
+
+
+def _checksum(state: dict[str, torch.Tensor], key: str) -> str:
+    digest = hashlib.sha256(key.encode())
+    for name in sorted(state):
+        flat = state[name].detach().cpu().contiguous().reshape(-1)
+        digest.update(f"{name}{flat.dtype}{tuple(state[name].shape)}".encode())
+        digest.update(flat.view(torch.uint8).numpy())
+    return digest.hexdigest()
+
+
+def _read(path: Path, key: str) -> dict[str, torch.Tensor] | None:
+    if not path.is_file():
+        return None
+    try:
+        entry = torch.load(path, map_location="cpu", weights_only=True)
+        ok = (isinstance(entry, dict) and entry.get("key") == key and entry.get("format") == FORMAT
+              and _checksum(entry["state"], key) == entry.get("sha256"))
+    except Exception as exc:  # truncated, not a torch file
+        log.warning("warm-up cache %s is unreadable (%s); recomputing it", path, type(exc).__name__)
+        return None
+    if not ok:
+        log.warning("warm-up cache %s does not match its key or checksum; recomputing and replacing it", path)
+        return None
+    return entry["state"]
+
+
+def _conversations(tokenizer) -> list[tuple[list[int], int]]:
+    """(token ids of prompt + chosen answer, prompt length) for every shipped toy pair."""
+    out = []
+    for line in TOY_PATH.read_text().splitlines():
+        row = json.loads(line)
+        prompt = tokenizer.apply_chat_template(row["prompt"], add_generation_prompt=True, tokenize=False)
+        full = tokenizer.apply_chat_template(row["prompt"] + row["chosen"], tokenize=False)
+        ids = tokenizer(full, add_special_tokens=False).input_ids
+        out.append((ids, len(tokenizer(prompt, add_special_tokens=False).input_ids)))
+    return out
+
+
+def _train(model: torch.nn.Module, tokenizer, settings: dict[str, Any], seed: int) -> None:
+    """Next-token training on the chosen answers (prompt tokens masked), float32 on the CPU, seeded."""
+    dtype = next(model.parameters()).dtype
+    model.float().train()
+    data = _conversations(tokenizer)
+    order = random.Random(seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=settings["learning_rate"], weight_decay=0.0)
+    pad = tokenizer.pad_token_id
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for _ in range(settings["steps"]):
+            batch = order.sample(data, settings["batch_size"])
+            width = max(len(ids) for ids, _ in batch)
+            ids = torch.full((len(batch), width), pad, dtype=torch.long)
+            labels = torch.full_like(ids, -100)
+            attn = torch.zeros_like(ids)
+            for i, (row, start) in enumerate(batch):
+                ids[i, :len(row)] = torch.tensor(row)
+                labels[i, start:len(row)] = torch.tensor(row[start:])
+                attn[i, :len(row)] = 1
+            loss = model(input_ids=ids, attention_mask=attn, labels=labels).loss
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+    model.to(dtype).eval()
+
+
+def apply_warmup(model: torch.nn.Module, model_cfg: DictConfig, tokenizer, seed: int) -> bool:
+    """Give the freshly built plain `model` its warmed-up weights (from the cache, or trained and stored); False when
+    the warm-up is off."""
+    settings = warmup_settings(model_cfg)
+    if settings is None:
+        return False
+    key = warmup_key(model_cfg, tokenizer, seed)
+    path = cache_path(model_cfg, key)
+    state = _read(path, key)
+    if state is not None:
+        model.load_state_dict(state)
+        return True
+    device = next(model.parameters()).device
+    model.to("cpu")
+    log.info("supervised warm-up of the tiny model: %d steps on the toy set's chosen answers", settings["steps"])
+    _train(model, tokenizer, settings, seed)
+    model.to(device)
+    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    entry = {"format": FORMAT, "key": key, "state": state, "sha256": _checksum(state, key)}
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(path, lambda fh: torch.save(entry, fh))
+    except (WriteError, OSError) as exc:
+        log.warning("warm-up cache not written: %s (%s); the weights are used from memory", path,
+                    getattr(exc, "reason", None) or exc)
+    return True
