@@ -3,14 +3,19 @@ judge.function=po.judge.toy.score`.
 
 `score` knows what makes a toy chosen answer better: it is on topic (names the subject the prompt asks about) and
 helpful (the words of the helpful answers), never curt. `length` scores a response by its length alone: the toy
-set's chosen answer is longer in most pairs, so it shows what length control removes.
+set's chosen answer is longer in most pairs, so it shows what length control removes. `tokens` is the same judge in
+the unit the length-controlled win rate regresses on (the tiny model's tokens, po/judge/stats.py): a length judge in
+characters keeps a residual preference at equal token length, since clean words take fewer tokens per character
+than the byte-level pieces a tiny model also writes.
 """
 
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 
 from po.data.toy import CURT, GOOD_BODIES, GOOD_CLOSINGS, GOOD_OPENINGS, SUBJECTS
+from po.models.tokenizer import load_tiny_tokenizer
 
 _WORDS = re.compile(r"[a-z]+")
 
@@ -47,3 +52,14 @@ def score(prompts: list[str], responses: list[str]) -> list[float]:
 def length(prompts: list[str], responses: list[str]) -> list[float]:
     """The response's length in characters (a judge that prefers length alone)."""
     return [float(len(r)) for r in responses]
+
+
+@lru_cache(maxsize=1)
+def _tiny_tokenizer():
+    return load_tiny_tokenizer()
+
+
+def tokens(prompts: list[str], responses: list[str]) -> list[float]:
+    """The response's length in the shipped tiny tokenizer's tokens (a judge that prefers length alone, in the
+    default job's token unit)."""
+    return [float(len(ids)) for ids in _tiny_tokenizer()(list(responses), add_special_tokens=False).input_ids]

@@ -1,6 +1,7 @@
 """The tiny model's supervised warm-up (`model.warmup`): deterministic, cached and verified on disk, and part of the
 starting model everywhere (policy, frozen reference, the reference-cache and judge-cache keys)."""
 
+import json
 import logging
 
 import torch
@@ -58,3 +59,18 @@ def test_bad_cache_entry_is_one_warning(tmp_path, caplog):
     with caplog.at_level(logging.WARNING):
         build_tiny_model(cfg, tokenizer, 0)
     assert "warm-up cache" in caplog.text and warmup._read(path, key) is not None  # replaced by a good entry
+
+
+def test_warmup_is_on_for_the_tiny_model_and_off_for_hf():
+    assert warmup.warmup_settings(compose_cfg([]).model)["steps"] > 0
+    assert warmup.warmup_settings(compose_cfg(["model=hf", "model.name_or_path=x"]).model) is None
+
+
+def test_warmup_trains_on_both_answers_of_every_pair(tmp_path):
+    """A start that writes good and bad answers, as a supervised model does: chosen and rejected weigh the same."""
+    tokenizer = load_tokenizer(model_cfg(tmp_path))
+    rows = [json.loads(line) for line in warmup.TOY_PATH.read_text().splitlines()]
+    texts = [tokenizer.decode(ids[start:]) for ids, start in warmup._conversations(tokenizer)]
+    assert len(texts) == 2 * len(rows)
+    for row, chosen, rejected in zip(rows, texts[0::2], texts[1::2]):
+        assert row["chosen"][0]["content"] in chosen and row["rejected"][0]["content"] in rejected
