@@ -14,8 +14,8 @@ from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 
 from po.errors import POError
 from po.models.tokenizer import not_found
-from po.models.warmup import apply_warmup
-from po.models.zero import copy_plain_init
+from po.models.warmup import apply_warmup, warmup_settings
+from po.models.zero import copy_plain_init, without_zero3_init
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +33,7 @@ def torch_dtype(name: str) -> torch.dtype | str:
 
 def build_tiny_model(cfg: DictConfig, tokenizer, seed: int) -> PreTrainedModel:
     """A model of `cfg.architecture` with `cfg.config` sizes, random-initialized and then, with `model.warmup`,
-    warmed up on the toy set's chosen answers (po/models/warmup.py); deterministic given `seed`."""
+    warmed up on the toy set's answers (po/models/warmup.py); deterministic given `seed`."""
     sizes = OmegaConf.to_container(cfg.config, resolve=True)
     config = AutoConfig.for_model(
         cfg.architecture, vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
@@ -58,6 +58,16 @@ def build_tiny_model(cfg: DictConfig, tokenizer, seed: int) -> PreTrainedModel:
         copy_plain_init(model, plain)
         return model
     return plain()
+
+
+def fill_warmup_cache(cfg: DictConfig, tokenizer, seed: int) -> None:
+    """Store the tiny model's warmed-up weights in the warm-up cache, if `model.warmup` is on and they are not there.
+
+    po-train calls it on global rank 0 alone before any rank builds its models (`po.run.distributed.run_on_main`),
+    so a job warms up once, not once per rank or node; every model built afterwards reads the cache."""
+    if cfg.kind == "tiny" and warmup_settings(cfg) is not None:
+        with without_zero3_init():  # one process alone: a whole model, not ZeRO-3 shards
+            build_tiny_model(cfg, tokenizer, seed)
 
 
 def load_policy(cfg: DictConfig, tokenizer, seed: int, **load_kwargs) -> PreTrainedModel:

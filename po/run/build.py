@@ -29,7 +29,7 @@ from po.models import policy as policy_models
 from po.models.peft import apply_peft, quantization_kwargs
 from po.models.tokenizer import load_tokenizer
 from po.models.zero import prepare_reference, without_zero3_init
-from po.run.distributed import deepspeed_cpu_state, is_main_process, main_first, world_size
+from po.run.distributed import deepspeed_cpu_state, is_main_process, main_first, run_on_main, world_size
 from po.run.paths import RunPaths
 from po.run.refcache import cache_dir, cache_key, cache_path, compute_table, open_cache
 from po.run.validate import validate
@@ -178,6 +178,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path, *, data: PreferenceData | None
         loss.bind_annotators(list(data.annotator_ids))
         if is_main_process():
             write_json_atomic(paths.annotators, data.annotator_ids)
+    run_on_main(partial(policy_models.fill_warmup_cache, cfg.model, tokenizer, cfg.seed))  # once per job
     policy = policy_models.load_policy(cfg.model, tokenizer, cfg.seed, **quantization_kwargs(cfg.peft))
     policy = apply_peft(policy, cfg.peft, checkpointing=bool(cfg.model.get("gradient_checkpointing")))
     # Losses that need extras (token KL, hidden states: SparsePO) read per-row model outputs: they use plain rows.

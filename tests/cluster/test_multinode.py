@@ -43,7 +43,8 @@ RANKS_PER_NODE = 2
 
 
 def _caches(root: Path) -> list[str]:
-    return [f"data.cache_dir={root / 'tokenized'}", f"reference.dir={root / 'reference'}"]
+    return [f"data.cache_dir={root / 'tokenized'}", f"reference.dir={root / 'reference'}",
+            f"model.warmup.dir={root / 'warmup'}"]
 
 
 def _sbatch(cluster: MultiNodeCluster, log_dir: Path, run_dir: Path, *overrides: str, **env: str) -> str:
@@ -175,6 +176,7 @@ def test_two_node_zero3_job_matches_one_node_run_and_writes_each_file_once(
     assert len(entries) == 1, tokenized
     assert all(p.startswith(entries[0]) for p in tokenized), f"leftovers beside the entry: {tokenized}"
     assert len(list((run.caches / "reference").iterdir())) == 1, tree(run.caches / "reference")
+    assert len(list((run.caches / "warmup").iterdir())) == 1, tree(run.caches / "warmup")  # the tiny model's warm-up
     log = run.log
     assert len(re.findall(r"data\[train\]: .*tokenized data: cache miss", log)) == 1, log[-6000:]
     assert len(re.findall(r"data\[train\]: .*tokenized data: cache hit", log)) == 3
@@ -281,7 +283,8 @@ def test_sweep_points_span_both_nodes_and_po_report_reads_them(multinode_cluster
     reached from the other namespace); po-report reads the sweep."""
     cluster, sweep = multinode_cluster, tmp_path / "sweep"
     tiny = ["trainer.max_steps=4", "trainer.logging_steps=2", "trainer.per_device_train_batch_size=2",
-            "trainer.disable_tqdm=true", "data.max_rows=40", "data.max_length=64", "eval.before_training=false"]
+            "trainer.disable_tqdm=true", "data.max_rows=40", "data.max_length=64", "eval.before_training=false",
+            "model.warmup.steps=0"]  # the warm-up cache is tested by the 2-node job above
     cmd = cluster.on(0, sys.executable, "-m", "po.cli", "-m", "hydra/launcher=slurm", f"hydra.sweep.dir={sweep}",
                      "hydra.launcher.nodes=2", f"hydra.launcher.tasks_per_node={RANKS_PER_NODE}",
                      "hydra.launcher.cpus_per_task=1", "hydra.launcher.timeout_min=10", "trainer.use_cpu=true",
