@@ -14,7 +14,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 
 from po.errors import POError
 from po.models.tokenizer import not_found
-from po.models.warmup import apply_warmup, warmup_settings
+from po.models.warmup import apply_warmup, cache_path, warmup_key, warmup_settings
 from po.models.zero import copy_plain_init, without_zero3_init
 
 log = logging.getLogger(__name__)
@@ -63,11 +63,15 @@ def build_tiny_model(cfg: DictConfig, tokenizer, seed: int) -> PreTrainedModel:
 def fill_warmup_cache(cfg: DictConfig, tokenizer, seed: int) -> None:
     """Store the tiny model's warmed-up weights in the warm-up cache, if `model.warmup` is on and they are not there.
 
-    po-train calls it on global rank 0 alone before any rank builds its models (`po.run.distributed.run_on_main`),
-    so a job warms up once, not once per rank or node; every model built afterwards reads the cache."""
-    if cfg.kind == "tiny" and warmup_settings(cfg) is not None:
-        with without_zero3_init():  # one process alone: a whole model, not ZeRO-3 shards
-            build_tiny_model(cfg, tokenizer, seed)
+    In a multi-process job po-train calls it on global rank 0 alone before any rank builds its models
+    (`po.run.distributed.run_on_main`), so a job warms up once, not once per rank or node; every model built
+    afterwards reads the cache. (A single process warms up when it builds its policy.)"""
+    if cfg.kind != "tiny" or warmup_settings(cfg) is None:
+        return
+    if cache_path(cfg, warmup_key(cfg, tokenizer, seed)).is_file():  # stored already (read and verified when used)
+        return
+    with without_zero3_init():  # one process alone: a whole model, not ZeRO-3 shards
+        build_tiny_model(cfg, tokenizer, seed)
 
 
 def load_policy(cfg: DictConfig, tokenizer, seed: int, **load_kwargs) -> PreTrainedModel:

@@ -178,7 +178,8 @@ def build_trainer(cfg: DictConfig, run_dir: Path, *, data: PreferenceData | None
         loss.bind_annotators(list(data.annotator_ids))
         if is_main_process():
             write_json_atomic(paths.annotators, data.annotator_ids)
-    run_on_main(partial(policy_models.fill_warmup_cache, cfg.model, tokenizer, cfg.seed))  # once per job
+    if world_size() > 1:  # the tiny model's warm-up: rank 0 fills its cache once, the other ranks then read it
+        run_on_main(partial(policy_models.fill_warmup_cache, cfg.model, tokenizer, cfg.seed))
     policy = policy_models.load_policy(cfg.model, tokenizer, cfg.seed, **quantization_kwargs(cfg.peft))
     policy = apply_peft(policy, cfg.peft, checkpointing=bool(cfg.model.get("gradient_checkpointing")))
     # Losses that need extras (token KL, hidden states: SparsePO) read per-row model outputs: they use plain rows.
