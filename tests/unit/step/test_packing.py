@@ -18,7 +18,9 @@ from tests.helpers.runs import compose_cfg
 
 
 def _model(arch: str):
-    cfg = compose_cfg([f"model.architecture={arch}"])
+    # The random init, as these tolerances (1e-5 absolute) were set for: from the warmed-up start a few float32
+    # gradient entries of qwen2 differ by up to 1.9e-5 between the layouts.
+    cfg = compose_cfg([f"model.architecture={arch}", "model.warmup.steps=0"])
     tok = load_tokenizer(cfg.model)
     return build_tiny_model(cfg.model, tok, seed=0).eval(), tok
 
