@@ -71,6 +71,7 @@ def rules() -> dict[str, Spec]:
         "model.attn_implementation": OPTIONAL_TEXT,
         "model.warmup.steps": integer(ge=0), "model.warmup.learning_rate": number(gt=0),
         "model.warmup.batch_size": POSITIVE_INT, "model.warmup.dir": OPTIONAL_TEXT,
+        "model.warmup.answers": choice("both", "chosen", "rejected"),
         "model.dtype": choice("auto", *DTYPES),
         "peft.method": choice(*METHODS),
         "peft.r": POSITIVE_INT,

@@ -146,6 +146,7 @@ BAD = [  # overrides, the key=value the one-line error must name
     (["trainer.learning_rate=inf"], "trainer.learning_rate=inf"),
     (["trainer.learning_rate=nan"], "trainer.learning_rate=nan"),
     (["trainer.warmup_steps=-1"], "trainer.warmup_steps=-1"),
+    (["model.warmup.answers=best"], "model.warmup.answers=best"),
     (["trainer.weight_decay=-0.1"], "trainer.weight_decay=-0.1"),
     (["trainer.max_grad_norm=nan"], "trainer.max_grad_norm=nan"),
     (["trainer.max_grad_norm=abc"], "trainer.max_grad_norm=abc"),

@@ -4,6 +4,7 @@ starting model everywhere (policy, frozen reference, the reference-cache and jud
 import json
 import logging
 
+import pytest
 import torch
 from omegaconf import OmegaConf
 
@@ -66,11 +67,26 @@ def test_warmup_is_on_for_the_tiny_model_and_off_for_hf():
     assert warmup.warmup_settings(compose_cfg(["model=hf", "model.name_or_path=x"]).model) is None
 
 
-def test_warmup_trains_on_both_answers_of_every_pair(tmp_path):
-    """A start that writes good and bad answers, as a supervised model does: chosen and rejected weigh the same."""
+@pytest.mark.parametrize("answers", ["both", "chosen", "rejected"])
+def test_warmup_trains_on_the_answers_it_is_told(tmp_path, answers):
+    """`both` (the default): a start that writes good and bad answers, as a supervised model does, chosen and
+    rejected weighing the same; `chosen` or `rejected`: that answer of every pair only."""
     tokenizer = load_tokenizer(model_cfg(tmp_path))
     rows = [json.loads(line) for line in warmup.TOY_PATH.read_text().splitlines()]
-    texts = [tokenizer.decode(ids[start:]) for ids, start in warmup._conversations(tokenizer)]
-    assert len(texts) == 2 * len(rows)
-    for row, chosen, rejected in zip(rows, texts[0::2], texts[1::2]):
-        assert row["chosen"][0]["content"] in chosen and row["rejected"][0]["content"] in rejected
+    texts = [tokenizer.decode(ids[start:]) for ids, start in warmup._conversations(tokenizer, answers)]
+    names = {"both": ["chosen", "rejected"], "chosen": ["chosen"], "rejected": ["rejected"]}[answers]
+    assert len(texts) == len(names) * len(rows)
+    for i, row in enumerate(rows):
+        for j, name in enumerate(names):
+            assert row[name][0]["content"] in texts[i * len(names) + j]
+
+
+def test_the_answers_are_part_of_the_starting_model(tmp_path):
+    cfg = model_cfg(tmp_path)
+    assert compose_cfg([]).model.warmup.answers == "both"
+    tokenizer = load_tokenizer(cfg)
+    starts = {a: build_tiny_model(OmegaConf.merge(cfg, {"warmup": {"answers": a}}), tokenizer, 0)
+              for a in ("both", "rejected")}
+    assert not same(starts["both"], starts["rejected"])
+    keys = {str(model_fingerprint(OmegaConf.merge(cfg, {"warmup": {"answers": a}}), 0)) for a in ("both", "rejected")}
+    assert len(keys) == 2 and len(list(tmp_path.glob("*.pt"))) == 2
