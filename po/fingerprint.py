@@ -50,6 +50,23 @@ def json_sha256(value: Any) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
 
 
+def table_sha256(table: dict[str, Any]) -> str:
+    """sha256 of a mapping's content in name order: tensors by dtype, shape and bytes (read in place, no copy),
+    other values as JSON. The checksum of the reference-cache tables and the warm-up weights."""
+    digest = hashlib.sha256()
+    for name in sorted(table):
+        value = table[name]
+        digest.update(name.encode() + b"\0")
+        if isinstance(value, torch.Tensor):
+            flat = value.detach().cpu().contiguous().reshape(-1)
+            digest.update(f"{flat.dtype}{tuple(value.shape)}".encode())
+            digest.update(flat.view(torch.uint8).numpy())
+        else:
+            digest.update(json.dumps(value, sort_keys=True, default=str).encode())
+        digest.update(b"\0")
+    return digest.hexdigest()
+
+
 def _files(folder: Path, skip: frozenset[str]) -> dict[str, Path]:
     return {str(p.relative_to(folder)): p for p in sorted(folder.rglob("*")) if p.is_file() and p.name not in skip}
 

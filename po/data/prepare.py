@@ -20,12 +20,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from po.cache_dirs import TOKENIZED, cache_folder
 from po.data import cache
 from po.data.formats import Dropped, FormatOptions, normalize_row
 from po.data.pairs import Pair, RankedList
@@ -41,10 +41,7 @@ TOKENIZE_RUNS = 0
 
 
 def default_cache_dir() -> Path:
-    if os.environ.get("PO_CACHE_DIR"):
-        return Path(os.environ["PO_CACHE_DIR"]) / "tokenized"
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "po" / "tokenized"
+    return cache_folder(None, TOKENIZED)
 
 
 STANDARD_ROLES = frozenset({"system", "user", "assistant"})

@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
 from po.atomic import WriteError, write_text_atomic
+from po.cache_dirs import JUDGE, cache_folder
 from po.fingerprint import json_sha256
 
 log = logging.getLogger(__name__)
@@ -28,12 +28,8 @@ CACHE_FORMAT = 1
 
 
 def cache_dir(configured: str | None) -> Path:
-    """`judge.dir`, else $PO_CACHE_DIR/judge, else ~/.cache/po/judge."""
-    if configured:
-        return Path(os.path.expanduser(configured))
-    if os.environ.get("PO_CACHE_DIR"):
-        return Path(os.environ["PO_CACHE_DIR"]) / "judge"
-    return Path(os.path.expanduser("~/.cache/po/judge"))
+    """`judge.dir`, else $PO_CACHE_DIR/judge, else ~/.cache/po/judge (po/cache_dirs.py)."""
+    return cache_folder(configured, JUDGE)
 
 
 def entry_path(directory: Path, key: str) -> Path:

@@ -35,10 +35,8 @@ recomputed).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import os
 import random
 from pathlib import Path
 from typing import Any
@@ -47,12 +45,13 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from po.atomic import WriteError, write_atomic
+from po.cache_dirs import WARMUP, cache_folder
 from po.data.toy import TOY_PATH
-from po.fingerprint import json_sha256, sha256_file, tokenizer_fingerprint
+from po.fingerprint import json_sha256, sha256_file, table_sha256, tokenizer_fingerprint
 
 log = logging.getLogger(__name__)
 
-FORMAT = 2  # 2: both answers of each pair (1: the chosen ones only)
+FORMAT = 3  # 3: po.fingerprint.table_sha256 checksums; 2: both answers of each pair (1: the chosen ones only)
 
 
 def warmup_settings(model_cfg: DictConfig) -> dict[str, Any] | None:
@@ -76,23 +75,11 @@ def warmup_key(model_cfg: DictConfig, tokenizer, seed: int) -> str:
 
 
 def cache_path(model_cfg: DictConfig, key: str) -> Path:
-    configured = model_cfg.warmup.get("dir")
-    if configured:
-        folder = Path(os.path.expanduser(str(configured)))
-    elif os.environ.get("PO_CACHE_DIR"):
-        folder = Path(os.environ["PO_CACHE_DIR"]) / "warmup"
-    else:
-        folder = Path(os.path.expanduser("~/.cache/po/warmup"))
-    return folder / f"{key}.pt"
+    return cache_folder(model_cfg.warmup.get("dir"), WARMUP) / f"{key}.pt"
 
 
 def _checksum(state: dict[str, torch.Tensor], key: str) -> str:
-    digest = hashlib.sha256(key.encode())
-    for name in sorted(state):
-        flat = state[name].detach().cpu().contiguous().reshape(-1)
-        digest.update(f"{name}{flat.dtype}{tuple(state[name].shape)}".encode())
-        digest.update(flat.view(torch.uint8).numpy())
-    return digest.hexdigest()
+    return table_sha256({"key": key} | {f"state.{name}": tensor for name, tensor in state.items()})
 
 
 def _read(path: Path, key: str) -> dict[str, torch.Tensor] | None:

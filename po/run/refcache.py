@@ -31,8 +31,6 @@ is cached ahead with `po-cache-ref` on a machine that holds it.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
 from pathlib import Path
@@ -42,9 +40,10 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from po.atomic import WriteError, write_atomic
+from po.cache_dirs import REFERENCE, cache_folder
 from po.data.collate import KeyedCollator
 from po.errors import POError
-from po.fingerprint import json_sha256, pairs_fingerprint, sha256_files, tokenizer_fingerprint
+from po.fingerprint import json_sha256, pairs_fingerprint, sha256_files, table_sha256, tokenizer_fingerprint
 from po.data.list_collate import is_list_batch
 from po.models.warmup import warmup_settings
 from po.step.layouts import batch_response_masks, batch_token_logps
@@ -54,7 +53,6 @@ from po.step.reference import CachedReference
 log = logging.getLogger(__name__)
 
 CACHE_FORMAT = 1
-DEFAULT_DIR = "~/.cache/po/reference"
 # data-group keys that only choose rows (the row fingerprint already covers them) or only say how to run (where the
 # tokenized data is cached, how many processes tokenize, what po-data prints, errors instead of drops)
 _ROW_SELECTION_KEYS = {"path", "name", "split", "eval_path", "eval_split", "eval_fraction", "max_rows",
@@ -104,7 +102,8 @@ def cache_key(model_cfg: DictConfig, data_cfg: DictConfig, seed: int, tokenizer,
 
 
 def cache_dir(reference_cfg: DictConfig) -> Path:
-    return Path(os.path.expanduser(str(reference_cfg.get("dir") or DEFAULT_DIR)))
+    """`reference.dir`, else $PO_CACHE_DIR/reference, else ~/.cache/po/reference (po/cache_dirs.py)."""
+    return cache_folder(reference_cfg.get("dir"), REFERENCE)
 
 
 # --- storage ----------------------------------------------------------------------------------------------------
@@ -114,19 +113,8 @@ def cache_path(directory: Path, key: str) -> Path:
 
 
 def table_checksum(table: dict[str, Any]) -> str:
-    """sha256 of a table's content: every field but `sha256` in name order; tensors by dtype, shape and bytes."""
-    digest = hashlib.sha256()
-    for name in sorted(k for k in table if k != "sha256"):
-        value = table[name]
-        digest.update(name.encode() + b"\0")
-        if isinstance(value, torch.Tensor):
-            flat = value.detach().cpu().contiguous().reshape(-1)
-            digest.update(f"{flat.dtype}{tuple(value.shape)}".encode())
-            digest.update(flat.view(torch.uint8).numpy())  # the tensor's own memory: no copy
-        else:
-            digest.update(json.dumps(value, sort_keys=True, default=str).encode())
-        digest.update(b"\0")
-    return digest.hexdigest()
+    """sha256 of a table's content: every field but `sha256` (po.fingerprint.table_sha256)."""
+    return table_sha256({k: v for k, v in table.items() if k != "sha256"})
 
 
 def _problem(table: Any, key: str) -> str | None:

@@ -84,7 +84,7 @@ def rules() -> dict[str, Spec]:
         "peft.quant_type": choice("nf4", "fp4"),
         "peft.compute_dtype": choice(*COMPUTE_DTYPES),
         "reference.strategy": choice("auto", "model", "adapter", "cached", "none"),
-        "reference.dir": text(),
+        "reference.dir": OPTIONAL_TEXT,
         "deepspeed.config": container("dict", "a DeepSpeed config mapping", nullable=True),
         "trainer.per_device_train_batch_size": POSITIVE_INT,
         "trainer.per_device_eval_batch_size": POSITIVE_INT,

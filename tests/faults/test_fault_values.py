@@ -8,7 +8,6 @@
 - A run that would train 0 steps is an error after the data loads and before the model loads.
 """
 
-import os
 import pickle
 import shutil
 import subprocess

@@ -258,7 +258,6 @@ def test_dpo_matches_trl_on_pos_chat_template_ids(family, tmp_path):
     """Given po's token ids, TRL's DPOTrainer loss equals po's to 1e-5 for every family. When TRL tokenizes the text
     itself, the loss is the same only where the ids are (Llama-3, Mistral); on ChatML its extra "\\n" token moves it."""
     style, setup, dpo_rows, _ = family
-    from trl.trainer.dpo_trainer import DataCollatorForPreference
 
     out, _ = po_output(setup, DPOLoss(beta=0.1))
     trl_loss, metrics = trl_dpo(setup, tmp_path, "sigmoid", 0.1)
