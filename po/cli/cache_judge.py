@@ -16,20 +16,16 @@ written is one `po-cache-judge: error:` line naming it.
 from __future__ import annotations
 
 import logging
-import sys
 from typing import Any
 
 import hydra
-import torch
 from omegaconf import DictConfig
-from transformers import set_seed
 
+from po.cli.common import errors_as_one_line, seeded_inputs
 from po.config import conf_dir
-from po.errors import ConfigError, POError
+from po.errors import ConfigError
 from po.judge.judges import load_judge
 from po.models import policy as policy_models
-from po.models.tokenizer import load_tokenizer
-from po.run.build import load_data
 from po.run.judged import held_out_prompts, judging, starting_entry
 from po.run.validate import validate
 from po.step.reference import FrozenModelReference
@@ -45,13 +41,10 @@ def fill_judge_cache(cfg: DictConfig) -> dict[str, Any]:
                           "judge.function=po.judge.toy.score")
     if not cfg.judge.get("cache", True):
         raise ConfigError("judge.cache=false: po-cache-judge has nothing to store; leave judge.cache=true")
-    set_seed(cfg.seed)
-    tokenizer = load_tokenizer(cfg.model)
-    data = load_data(cfg, tokenizer)
+    tokenizer, data, device = seeded_inputs(cfg)
     if data.eval is None or len(data.eval) == 0:
         raise ConfigError("the judge samples held-out prompts, and this data has no held-out split; set "
                           "data.eval_fraction > 0 or data.eval_path")
-    device = "cuda" if torch.cuda.is_available() and not cfg.trainer.get("use_cpu") else "cpu"
     prompts = held_out_prompts(data.eval, cfg.judge.num_prompts)
     judge = load_judge(cfg.judge, device)
     model = policy_models.load_reference(cfg.model, tokenizer, cfg.seed, None).to(device)
@@ -62,11 +55,8 @@ def fill_judge_cache(cfg: DictConfig) -> dict[str, Any]:
 
 @hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="train")
 def _main(cfg: DictConfig) -> None:
-    try:
+    with errors_as_one_line("po-cache-judge"):
         facts = fill_judge_cache(cfg)
-    except POError as exc:
-        print(f"po-cache-judge: error: {exc}", file=sys.stderr)
-        sys.exit(2)
     state = "already cached" if facts["hit"] else "written"
     print(f"po-cache-judge: starting-model samples for {facts['prompts']} prompts {state}: {facts['path']}")
 

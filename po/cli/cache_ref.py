@@ -19,14 +19,12 @@ import sys
 from typing import Any
 
 import hydra
-import torch
 from omegaconf import DictConfig
-from transformers import set_seed
 
+from po.cli.common import errors_as_one_line, seeded_inputs
 from po.config import conf_dir
-from po.errors import ConfigError, POError
-from po.models.tokenizer import load_tokenizer
-from po.run.build import load_data, open_reference_cache
+from po.errors import ConfigError
+from po.run.build import open_reference_cache
 from po.run.validate import validate
 
 log = logging.getLogger("po")
@@ -38,10 +36,7 @@ def fill_reference_cache(cfg: DictConfig) -> dict[str, Any]:
         raise ConfigError(f"po-cache-ref fills the cache of reference=cached; got reference={cfg.reference.strategy}")
     if not validate(cfg).needs_reference:
         raise ConfigError(f"{cfg.loss._target_} needs no reference values; there is nothing to cache")
-    set_seed(cfg.seed)
-    tokenizer = load_tokenizer(cfg.model)
-    data = load_data(cfg, tokenizer)
-    device = "cuda" if torch.cuda.is_available() and not cfg.trainer.get("use_cpu") else "cpu"
+    tokenizer, data, device = seeded_inputs(cfg)
     reference, facts = open_reference_cache(cfg, tokenizer, data, None, device, cfg.trainer.per_device_eval_batch_size,
                                             must_write=True)  # writing the file is this command's whole job
     facts["pairs"] = len(reference.index)  # pairs, or (prompt, response) entries for ranked lists
@@ -51,11 +46,8 @@ def fill_reference_cache(cfg: DictConfig) -> dict[str, Any]:
 
 @hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="train")
 def _main(cfg: DictConfig) -> None:
-    try:
+    with errors_as_one_line("po-cache-ref"):
         facts = fill_reference_cache(cfg)
-    except POError as exc:
-        print(f"po-cache-ref: error: {exc}", file=sys.stderr)
-        sys.exit(2)
     state = "already cached" if facts["hit"] else "written"
     print(f"po-cache-ref: {facts['pairs']} {facts['unit']} {state}: {facts['path']}")
 

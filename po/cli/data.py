@@ -17,8 +17,8 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
+from po.cli.common import errors_as_one_line
 from po.config import conf_dir
-from po.errors import POError
 from po.models.tokenizer import load_tokenizer
 from po.run.build import load_data
 from po.run.validate import validate
@@ -63,12 +63,9 @@ def report(cfg: DictConfig) -> str:
 
 @hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="train")
 def _main(cfg: DictConfig) -> None:
-    try:
+    with errors_as_one_line("po-data"):
         validate(cfg)
         print(report(cfg))
-    except POError as exc:
-        print(f"po-data: error: {exc}", file=sys.stderr)
-        sys.exit(2)
 
 
 def main() -> None:

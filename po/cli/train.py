@@ -20,6 +20,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from po.atomic import write_text_atomic
+from po.cli.common import errors_as_one_line
 from po.config import conf_dir
 from po.errors import POError
 from po.run.distributed import is_main_process, require_pinned_run_dir
@@ -62,11 +63,8 @@ def _main(cfg: DictConfig) -> float | None:
 
 
 def main() -> None:
-    try:
+    with errors_as_one_line("po-train"):
         require_pinned_run_dir(sys.argv[1:])
-    except POError as exc:
-        print(f"po-train: error: {exc}", file=sys.stderr)
-        sys.exit(2)
     _main()
 
 

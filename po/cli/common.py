@@ -1,0 +1,37 @@
+"""What the `po-*` commands share: one error line instead of a traceback, and the inputs a cache command computes
+from."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from typing import Any, Iterator
+
+import torch
+from omegaconf import DictConfig
+from transformers import set_seed
+
+from po.data.load import PreferenceData
+from po.errors import POError
+from po.models.tokenizer import load_tokenizer
+from po.run.build import load_data
+
+
+@contextlib.contextmanager
+def errors_as_one_line(command: str) -> Iterator[None]:
+    """A `POError` inside becomes `<command>: error: <message>` on stderr and exit status 2."""
+    try:
+        yield
+    except POError as exc:
+        print(f"{command}: error: {exc}", file=sys.stderr)
+        sys.exit(2)
+
+
+def seeded_inputs(cfg: DictConfig) -> tuple[Any, PreferenceData, str]:
+    """Seeded as po-train is: the tokenizer, the tokenized data (the shared cache) and the device a cache command
+    (po-cache-ref, po-cache-judge) computes on."""
+    set_seed(cfg.seed)
+    tokenizer = load_tokenizer(cfg.model)
+    data = load_data(cfg, tokenizer)
+    device = "cuda" if torch.cuda.is_available() and not cfg.trainer.get("use_cpu") else "cpu"
+    return tokenizer, data, device
