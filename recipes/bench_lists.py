@@ -22,18 +22,16 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import os
 import random
 import resource
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_vs_trl import build_model, build_tokenizer  # noqa: E402
+from bench_common import (REPO, add_model_arguments, build_model, build_tokenizer, parse_model_arguments,  # noqa: E402
+                          passthrough, run_measurement, step_timer)
 
 SHAPE = ((100, 400), (50, 300), 704)   # prompt tokens, response tokens, max_length (prompt + one response)
 SMOKE = ((8, 16), (4, 12), 32)
@@ -74,22 +72,6 @@ def overrides(args, wd: Path, mode: str) -> list[str]:
     ]
 
 
-def _step_timer(wall: list[float], cpu: list[float]):
-    """Wall-clock and process CPU seconds of each optimizer step. On a shared machine the CPU time is the steadier
-    figure: waiting for a core another job holds counts in the wall clock, not in this process's CPU time."""
-    from transformers import TrainerCallback
-
-    class StepTimer(TrainerCallback):
-        def on_step_begin(self, args, state, control, **kw):
-            self.t, self.c = time.perf_counter(), time.process_time()
-
-        def on_step_end(self, args, state, control, **kw):
-            wall.append(time.perf_counter() - self.t)
-            cpu.append(time.process_time() - self.c)
-
-    return StepTimer()
-
-
 def worker(args) -> dict:
     import torch
 
@@ -106,7 +88,7 @@ def worker(args) -> dict:
     trainer, _, facts = build_trainer(cfg, wd / f"run_{args.worker}")
     times: list[float] = []
     cpu: list[float] = []
-    trainer.add_callback(_step_timer(times, cpu))
+    trainer.add_callback(step_timer(times, cpu))
     trainer.train()
     return {"step_times": times, "cpu_times": cpu, "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
             "gpu_peak_gib": torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None,
@@ -116,14 +98,8 @@ def worker(args) -> dict:
 
 
 def run_worker(args, mode: str, wd: Path) -> dict:
-    result = wd / f"result_{mode}.json"
-    cmd = [sys.executable, __file__, "--worker", mode, "--workdir", str(wd), "--result", str(result)] + args.passthrough
-    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
-           "TOKENIZERS_PARALLELISM": "false"}
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise SystemExit(f"{mode} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    return json.loads(result.read_text())
+    return run_measurement(__file__, ["--worker", mode, "--workdir", str(wd)], wd / f"result_{mode}.json",
+                           args.passthrough, mode)
 
 
 def prompts_per_second(res: dict, lists_per_step: int, key: str = "step_times") -> float:
@@ -134,32 +110,16 @@ def prompts_per_second(res: dict, lists_per_step: int, key: str = "step_times") 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--smoke", action="store_true", help="tiny model, short sequences, 2 steps")
+    add_model_arguments(parser)
     parser.add_argument("--steps", type=int, default=None, help="steps per run (the first is warm-up); default 4")
     parser.add_argument("--lists", type=int, default=2, help="prompts (lists) per step")
-    parser.add_argument("--arch", default="llama")
-    parser.add_argument("--vocab", type=int, default=32000)
-    parser.add_argument("--hidden", type=int, default=256)
-    parser.add_argument("--intermediate", type=int, default=1024)
-    parser.add_argument("--layers", type=int, default=4)
-    parser.add_argument("--heads", type=int, default=4)
-    parser.add_argument("--kv-heads", type=int, default=4)
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--workdir", default=None, help="keep model and data here (default: a temp folder)")
-    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
-    parser.add_argument("--result", default=None, help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.smoke:
-        args.vocab, args.hidden, args.intermediate, args.layers, args.heads, args.kv_heads = 256, 32, 64, 1, 2, 2
+    args = parse_model_arguments(parser)
     args.steps = args.steps or (2 if args.smoke else 4)
+    args.passthrough = passthrough(args, ("steps", "lists"))
     if args.worker:
         Path(args.result).write_text(json.dumps(worker(args)))
         return
-    args.passthrough = [f"--{k}={v}" for k, v in (("steps", args.steps), ("lists", args.lists), ("dtype", args.dtype),
-                                                   ("device", args.device), ("threads", args.threads))]
-    args.passthrough += ["--smoke"] if args.smoke else []
     with tempfile.TemporaryDirectory(prefix="po-bench-lists-") as tmp:
         wd = Path(args.workdir or tmp)
         wd.mkdir(parents=True, exist_ok=True)

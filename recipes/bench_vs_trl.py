@@ -26,16 +26,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import resource
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_common import (REPO, add_model_arguments, build_model, build_tokenizer,  # noqa: E402
+                          parse_model_arguments, passthrough, run_measurement, step_timer)
+
 WORKLOADS = {  # (prompt min, max), (response min, max), max_length
     "W1": ((64, 192), (64, 256), 512),
     "W2": ((512, 768), (32, 128), 1024),
@@ -45,33 +46,6 @@ SMOKE = {"W1": ((4, 12), (3, 10), 32), "W2": ((16, 24), (2, 6), 40)}
 
 
 # --- setup: tokenizer, model, data ------------------------------------------------------------------------------
-
-def build_tokenizer(vocab: int, out: Path) -> None:
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    specials = ["<pad>", "</s>", "<unk>"]
-    words = {tok: i for i, tok in enumerate(specials + [f"t{i}" for i in range(vocab - len(specials))])}
-    tok = Tokenizer(models.WordLevel(words, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="</s>", pad_token="<pad>", unk_token="<unk>")
-    fast.save_pretrained(out)
-
-
-def build_model(args, out: Path) -> int:
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    config = AutoConfig.for_model(
-        args.arch, vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=args.intermediate,
-        num_hidden_layers=args.layers, num_attention_heads=args.heads, num_key_value_heads=args.kv_heads,
-        max_position_embeddings=4096, tie_word_embeddings=False, pad_token_id=0, eos_token_id=1, bos_token_id=None,
-    )
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(config, dtype=getattr(torch, args.dtype))
-    model.save_pretrained(out)
-    return sum(p.numel() for p in model.parameters())
-
 
 def build_data(workload: tuple, vocab: int, pairs: int, out: Path, seed: int = 0) -> list[int]:
     """Random-token pairs as text ("t12 t7 ..."); returns the tokens per pair (prompt twice, both responses)."""
@@ -89,19 +63,6 @@ def build_data(workload: tuple, vocab: int, pairs: int, out: Path, seed: int = 0
 
 
 # --- workers (each in its own process) ----------------------------------------------------------------------------
-
-def _timing_callback(times: list[float]):
-    from transformers import TrainerCallback
-
-    class StepTimer(TrainerCallback):
-        def on_step_begin(self, args, state, control, **kw):
-            self.t = time.perf_counter()
-
-        def on_step_end(self, args, state, control, **kw):
-            times.append(time.perf_counter() - self.t)
-
-    return StepTimer()
-
 
 def _losses(history: list[dict]) -> list[float]:
     return [h["loss"] for h in sorted((h for h in history if "loss" in h), key=lambda h: h["step"])]
@@ -161,7 +122,7 @@ def worker(args) -> dict:
         )
         trainer = DPOTrainer(model=model, ref_model=ref, args=config, train_dataset=datasets.Dataset.from_list(rows),
                              processing_class=tok)
-    trainer.add_callback(_timing_callback(times))
+    trainer.add_callback(step_timer(times, []))
     trainer.train()
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB
     gpu_peak = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None
@@ -176,15 +137,8 @@ def worker(args) -> dict:
 
 
 def run_worker(args, name: str, workload: str, wd: Path) -> dict:
-    result = wd / f"result_{name}_{workload}.json"
-    cmd = [sys.executable, __file__, "--worker", name, "--workload", workload, "--workdir", str(wd),
-           "--result", str(result)] + args.passthrough
-    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
-           "TOKENIZERS_PARALLELISM": "false"}
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise SystemExit(f"{name} on {workload} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    return json.loads(result.read_text())
+    return run_measurement(__file__, ["--worker", name, "--workload", workload, "--workdir", str(wd)],
+                           wd / f"result_{name}_{workload}.json", args.passthrough, f"{name} on {workload}")
 
 
 # --- the table ----------------------------------------------------------------------------------------------------
@@ -201,36 +155,21 @@ def throughput(res: dict, tokens: list[int], batch: int) -> tuple[float, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--smoke", action="store_true", help="tiny model, short sequences, 2 steps")
+    add_model_arguments(parser)
     parser.add_argument("--workloads", default="W1,W2")
     parser.add_argument("--steps", type=int, default=None, help="steps per run (first one is warm-up); default 3")
     parser.add_argument("--batch", type=int, default=8, help="pairs per step")
-    parser.add_argument("--arch", default="llama")
-    parser.add_argument("--vocab", type=int, default=32000)
-    parser.add_argument("--hidden", type=int, default=256)
-    parser.add_argument("--intermediate", type=int, default=1024)
-    parser.add_argument("--layers", type=int, default=4)
-    parser.add_argument("--heads", type=int, default=4)
-    parser.add_argument("--kv-heads", type=int, default=4)
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--peak-tflops", type=float, default=None, help="accelerator peak, for model FLOPs utilization")
     parser.add_argument("--workdir", default=None, help="keep model, data and cache here (default: a temp folder)")
-    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--workload", default=None, help=argparse.SUPPRESS)
-    parser.add_argument("--result", default=None, help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = parse_model_arguments(parser)
     if args.smoke:
-        args.vocab, args.hidden, args.intermediate, args.layers, args.heads, args.kv_heads = 256, 32, 64, 1, 2, 2
         args.batch = min(args.batch, 2)
     args.steps = args.steps or (2 if args.smoke else 3)
+    args.passthrough = passthrough(args, ("steps", "batch"))
     if args.worker:
         Path(args.result).write_text(json.dumps(worker(args)))
         return
-    args.passthrough = [f"--{k}={v}" for k, v in (("steps", args.steps), ("batch", args.batch), ("dtype", args.dtype),
-                                                   ("device", args.device), ("threads", args.threads))]
-    args.passthrough += ["--smoke"] if args.smoke else []
     with tempfile.TemporaryDirectory(prefix="po-bench-") as tmp:
         wd = Path(args.workdir or tmp)
         wd.mkdir(parents=True, exist_ok=True)
