@@ -46,7 +46,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.slurm import BINARIES, SlurmCluster, _memory_mb, _start_munge
+from tests.helpers.slurm import BINARIES, SlurmCluster, _memory_mb, _start_munge, slurm_conf_common
 
 TOOLS = ("ip", "unshare", "nsenter", "mount")
 SUBNET = "10.218.18"         # a private /24, configured only inside the two namespaces created here
@@ -140,29 +140,7 @@ def _slurm_conf(root: Path, munge_socket: Path, nodes: tuple[Node, ...]) -> str:
     return f"""\
 ClusterName=pomulti
 SlurmctldHost={nodes[0].name}({nodes[0].address})
-SlurmUser=root
-SlurmdUser=root
-AuthType=auth/munge
-AuthInfo=socket={munge_socket}
-CredType=cred/munge
-ProctrackType=proctrack/linuxproc
-TaskPlugin=task/none
-SchedulerType=sched/backfill
-SchedulerParameters=bf_interval=1
-SelectType=select/cons_tres
-SelectTypeParameters=CR_Core
-ReturnToService=2
-SlurmdParameters=config_overrides
-MinJobAge=3600
-KillWait=10
-StateSaveLocation={root}/state
-SlurmdSpoolDir={root}/spool/%n
-SlurmctldPidFile={root}/slurmctld.pid
-SlurmdPidFile={root}/slurmd-%n.pid
-SlurmctldLogFile={root}/slurmctld.log
-SlurmdLogFile={root}/slurmd-%n.log
-MpiDefault=none
-JobAcctGatherType=jobacct_gather/none
+{slurm_conf_common(root, munge_socket, kill_wait=10, node_suffix="-%n")}\
 {node_lines}
 PartitionName={PARTITION} Nodes={','.join(n.name for n in nodes)} Default=YES MaxTime=INFINITE State=UP
 """

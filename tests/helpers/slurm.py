@@ -122,16 +122,12 @@ def _memory_mb() -> int:
     return 1024
 
 
-def _slurm_conf(root: Path, munge_socket: Path) -> str:
-    # At least 4 CPUs even on a 2-core machine (config_overrides: trust the config, not the hardware): the test
-    # jobs are tiny, and a sweep's points or a driver job and its points must be able to run side by side.
-    cpus = max(os.cpu_count() or 1, 4)
-    memory = max(_memory_mb() // 2, 512)  # below the real figure, else slurmd marks the node invalid
+def slurm_conf_common(root: Path, munge_socket: Path, kill_wait: int, node_suffix: str = "") -> str:
+    """The slurm.conf lines every test cluster shares: root runs everything, munge on a private socket, cores as
+    consumable resources, a fast backfill, no accounting; state, spool, pid and log files under `root` (per node
+    with `node_suffix="-%n"`)."""
+    spool = "/%n" if node_suffix else ""
     return f"""\
-ClusterName=potest
-SlurmctldHost=localhost
-SlurmctldPort={_free_port()}
-SlurmdPort={_free_port()}
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
@@ -146,15 +142,29 @@ SelectTypeParameters=CR_Core
 ReturnToService=2
 SlurmdParameters=config_overrides
 MinJobAge=3600
-KillWait=30
+KillWait={kill_wait}
 StateSaveLocation={root}/state
-SlurmdSpoolDir={root}/spool
+SlurmdSpoolDir={root}/spool{spool}
 SlurmctldPidFile={root}/slurmctld.pid
-SlurmdPidFile={root}/slurmd.pid
+SlurmdPidFile={root}/slurmd{node_suffix}.pid
 SlurmctldLogFile={root}/slurmctld.log
-SlurmdLogFile={root}/slurmd.log
+SlurmdLogFile={root}/slurmd{node_suffix}.log
 MpiDefault=none
 JobAcctGatherType=jobacct_gather/none
+"""
+
+
+def _slurm_conf(root: Path, munge_socket: Path) -> str:
+    # At least 4 CPUs even on a 2-core machine (config_overrides: trust the config, not the hardware): the test
+    # jobs are tiny, and a sweep's points or a driver job and its points must be able to run side by side.
+    cpus = max(os.cpu_count() or 1, 4)
+    memory = max(_memory_mb() // 2, 512)  # below the real figure, else slurmd marks the node invalid
+    return f"""\
+ClusterName=potest
+SlurmctldHost=localhost
+SlurmctldPort={_free_port()}
+SlurmdPort={_free_port()}
+{slurm_conf_common(root, munge_socket, kill_wait=30)}\
 NodeName=localhost CPUs={cpus} RealMemory={memory} State=UNKNOWN
 PartitionName={PARTITION} Nodes=localhost Default=YES MaxTime=INFINITE State=UP
 """
