@@ -51,7 +51,7 @@ from po.fingerprint import json_sha256, sha256_file, table_sha256, tokenizer_fin
 
 log = logging.getLogger(__name__)
 
-FORMAT = 3  # 3: po.fingerprint.table_sha256 checksums; 2: both answers of each pair (1: the chosen ones only)
+FORMAT = 3  # 3: model.warmup.answers, po.fingerprint.table_sha256 checksums; 2: both answers; 1: the chosen ones
 
 
 def warmup_settings(model_cfg: DictConfig) -> dict[str, Any] | None:
