@@ -17,13 +17,21 @@ from po.models.tokenizer import load_tokenizer
 from po.run.build import load_data
 
 
+def print_line(text: str) -> None:
+    """`text` and its newline on stderr in one write. Every rank of a job that fails the same way prints the same
+    line, and under torchrun (PYTHONUNBUFFERED=1) `print` writes the text and the newline separately, so two ranks'
+    lines were spliced into one."""
+    sys.stderr.write(f"{text}\n")
+    sys.stderr.flush()
+
+
 @contextlib.contextmanager
 def errors_as_one_line(command: str) -> Iterator[None]:
-    """A `POError` inside becomes `<command>: error: <message>` on stderr and exit status 2."""
+    """A `POError` inside becomes `<command>: error: <message>` on stderr (one line, one write) and exit status 2."""
     try:
         yield
     except POError as exc:
-        print(f"{command}: error: {exc}", file=sys.stderr)
+        print_line(f"{command}: error: {exc}")
         sys.exit(2)
 
 

@@ -20,7 +20,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from po.atomic import write_text_atomic
-from po.cli.common import errors_as_one_line
+from po.cli.common import errors_as_one_line, print_line
 from po.config import conf_dir
 from po.errors import POError
 from po.run.distributed import is_main_process, require_pinned_run_dir
@@ -43,7 +43,7 @@ def _main(cfg: DictConfig) -> float | None:
     try:
         summary = train(cfg, run_dir, job_files)
     except TrainingPreempted as exc:  # a checkpoint is saved: exit 0 so a requeued job resumes from it
-        print(f"po-train: preempted: {exc}", file=sys.stderr)
+        print_line(f"po-train: preempted: {exc}")
         requeue_if_preempted(run_dir)  # a sweep point on Slurm stopped by a preemption resumes after requeue
         if hydra_cfg.mode == RunMode.MULTIRUN:
             return None
@@ -57,7 +57,7 @@ def _main(cfg: DictConfig) -> float | None:
             raise
         if not isinstance(exc, POError):
             raise
-        print(f"po-train: error: {exc}", file=sys.stderr)
+        print_line(f"po-train: error: {exc}")
         sys.exit(2)
     return summary["eval"].get("eval_loss")
 
