@@ -239,6 +239,23 @@ def test_preemption_signal_checkpoints_requeues_and_resumes_on_both_nodes(
     assert json.loads((run_dir / "summary.json").read_text())["steps"] == MAX_STEPS
 
 
+def _training_processes(pids: list[int]) -> list[int]:
+    """The torchrun agent's children among `pids`: not the agent itself, and not a short-lived child a rank forks
+    (it carries the rank's command line until it execs)."""
+    def read(pid: int, name: str) -> str:
+        try:
+            return Path(f"/proc/{pid}/{name}").read_bytes().decode(errors="replace")
+        except FileNotFoundError:  # it has ended since it was listed
+            return ""
+
+    def parent(pid: int) -> int | None:
+        stat = read(pid, "stat")
+        return int(stat.rsplit(")", 1)[1].split()[1]) if stat else None
+
+    agents = {pid for pid in pids if "torch.distributed.run" in read(pid, "cmdline")}
+    return [pid for pid in pids if parent(pid) in agents]
+
+
 def test_rank_killed_on_one_node_ends_the_job_and_the_next_start_resumes(
         multinode_cluster: MultiNodeCluster, two_node_run: TwoNodeRun, tmp_path: Path):  # noqa: F811
     """kill -9 of one training process on node2: the whole job ends within a bounded time (no rank left waiting
@@ -250,9 +267,8 @@ def test_rank_killed_on_one_node_ends_the_job_and_the_next_start_resumes(
     job = _sbatch(cluster, tmp_path, run_dir, *CONFIG, *save, *_caches(two_node_run.caches))
     _wait(lambda: _checkpoint_steps(run_dir) and _logged_step(run_dir) > _checkpoint_steps(run_dir)[-1],
           "a logged step after the first checkpoint")
-    ranks = [pid for pid in cluster.processes(1, "po.cli") if "torch.distributed.run" not in
-             Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")]
-    assert len(ranks) == 2, ranks  # node2's two training processes (not its torchrun agent)
+    ranks = _training_processes(cluster.processes(1, "po.cli"))
+    assert len(ranks) == 2, ranks  # node2's two training processes
     environ = dict(v.split("=", 1) for v in Path(f"/proc/{ranks[-1]}/environ").read_text().split("\0") if "=" in v)
     os.kill(ranks[-1], signal.SIGKILL)
     killed = time.monotonic()
