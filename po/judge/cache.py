@@ -36,9 +36,9 @@ def entry_path(directory: Path, key: str) -> Path:
     return Path(directory) / f"start-{key}.json"
 
 
-def _seal(entry: dict[str, Any]) -> dict[str, Any]:
-    body = {k: v for k, v in entry.items() if k != "sha256"}
-    return {**body, "sha256": json_sha256(body)}
+def _checksum(entry: dict[str, Any]) -> str:
+    """sha256 of everything in the entry but its own checksum."""
+    return json_sha256({k: v for k, v in entry.items() if k != "sha256"})
 
 
 def _problem(entry: Any, key: str) -> str | None:
@@ -46,7 +46,7 @@ def _problem(entry: Any, key: str) -> str | None:
         return f"holds a {type(entry).__name__}, not a cache entry"
     if "sha256" not in entry:
         return "has no checksum"
-    if json_sha256({k: v for k, v in entry.items() if k != "sha256"}) != entry["sha256"]:
+    if _checksum(entry) != entry["sha256"]:
         return "does not match its checksum (corrupted)"
     if entry.get("key") != key or entry.get("format") != CACHE_FORMAT:
         return f"was written for another key or format (key {entry.get('key')}, format {entry.get('format')})"
@@ -77,5 +77,5 @@ def write_entry(path: Path, entry: dict[str, Any]) -> bool:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise WriteError(path.parent, exc.strerror or type(exc).__name__, exc.errno) from exc
-    write_text_atomic(path, json.dumps(_seal(entry)))
+    write_text_atomic(path, json.dumps({**entry, "sha256": _checksum(entry)}))
     return True

@@ -31,6 +31,7 @@ from omegaconf import DictConfig
 
 from po.config import resolve_target
 from po.errors import ConfigError, POError
+from po.judge.sampling import left_pad, pad_id
 from po.models.policy import torch_dtype
 
 KINDS = ("none", "function", "reward_model", "pairwise")
@@ -140,16 +141,6 @@ def function_judge(fn: Scores, name: str = "judge.function") -> Judge:
     return Judge(name, score=score)
 
 
-def _left_pad(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad, dtype=torch.long)
-    attn = torch.zeros_like(ids)
-    for i, r in enumerate(rows):
-        ids[i, width - len(r):] = torch.tensor(r, dtype=torch.long)
-        attn[i, width - len(r):] = 1
-    return ids, attn
-
-
 def _device(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
 
@@ -158,7 +149,7 @@ def reward_model_judge(model, tokenizer, batch_size: int = 16, max_length: int =
                        name: str = "reward_model") -> Judge:
     """Scores (prompt, response) with a sequence-classification model through its tokenizer's chat template."""
     model.eval()
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad = pad_id(tokenizer)
     if model.config.pad_token_id is None:
         model.config.pad_token_id = pad  # the classifier reads the last non-pad token
 
@@ -174,7 +165,7 @@ def reward_model_judge(model, tokenizer, batch_size: int = 16, max_length: int =
         for start in range(0, len(responses), batch_size):
             rows = [tokenizer(text(p, r), add_special_tokens=not tokenizer.chat_template).input_ids[-max_length:]
                     for p, r in zip(prompts[start:start + batch_size], responses[start:start + batch_size])]
-            ids, attn = _left_pad(rows, pad)
+            ids, attn = left_pad(rows, pad)
             logits = model(input_ids=ids.to(_device(model)), attention_mask=attn.to(_device(model))).logits
             out.extend(logits[:, 0].float().cpu().tolist())
         return out
@@ -205,7 +196,7 @@ def pairwise_judge(model, tokenizer, question: str, answers: Sequence[str] = (" 
     """P(first response better) from the answer tokens' log-probs, averaged over both orders."""
     model.eval()
     prefix, tok_a, tok_b = answer_tokens(tokenizer, answers)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad = pad_id(tokenizer)
 
     @torch.no_grad()
     def first_wins(prompts: list[str], a: list[str], b: list[str]) -> list[float]:
@@ -214,7 +205,7 @@ def pairwise_judge(model, tokenizer, question: str, answers: Sequence[str] = (" 
             rows = [(tokenizer(question.format(prompt=p, a=x, b=y)).input_ids + prefix)[-max_length:]
                     for p, x, y in zip(prompts[start:start + batch_size], a[start:start + batch_size],
                                        b[start:start + batch_size])]
-            ids, attn = _left_pad(rows, pad)
+            ids, attn = left_pad(rows, pad)
             logits = model(input_ids=ids.to(_device(model)), attention_mask=attn.to(_device(model))).logits[:, -1]
             logps = torch.log_softmax(logits.float(), dim=-1)
             out.extend(torch.sigmoid(logps[:, tok_a] - logps[:, tok_b]).cpu().tolist())

@@ -48,6 +48,22 @@ def _gather(local: dict[int, Any]) -> dict[int, Any]:
     return {k: v for part in parts for k, v in (part or {}).items()}
 
 
+def pad_id(tokenizer) -> int:
+    """The tokenizer's pad token, else its EOS token (many causal-LM tokenizers have no pad token)."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
+def left_pad(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids, attention mask) of `rows` left-padded to the longest: each row's last token is in the last column."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    attn = torch.zeros_like(ids)
+    for i, r in enumerate(rows):
+        ids[i, width - len(r):] = torch.tensor(r, dtype=torch.long)
+        attn[i, width - len(r):] = 1
+    return ids, attn
+
+
 def _chunks(n: int, size: int) -> list[range]:
     return [range(s, min(s + size, n)) for s in range(0, n, size)]
 
@@ -61,8 +77,7 @@ def sample_responses(model: torch.nn.Module, prompts: list[list[int]], tokenizer
                      settings: SamplingSettings) -> list[list[list[int]]]:
     """responses[i][j]: the j-th sampled response (token ids, ending at EOS if one was sampled) to prompt i."""
     device = next(model.parameters()).device
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    eos = tokenizer.eos_token_id
+    pad, eos = pad_id(tokenizer), tokenizer.eos_token_id
     was_training = model.training
     model.eval()
     rank, world = _rank_world()
@@ -73,12 +88,8 @@ def sample_responses(model: torch.nn.Module, prompts: list[list[int]], tokenizer
         with torch.random.fork_rng(devices=devices):
             for c in range(rank, len(chunks), world):
                 rows = [prompts[i] for i in chunks[c]]
-                width = max(len(p) for p in rows)
-                ids = torch.full((len(rows), width), pad, dtype=torch.long)
-                attn = torch.zeros_like(ids)
-                for i, p in enumerate(rows):  # left-padded for generation
-                    ids[i, width - len(p):] = torch.tensor(p)
-                    attn[i, width - len(p):] = 1
+                ids, attn = left_pad(rows, pad)  # left-padded for generation
+                width = ids.shape[1]
                 per_prompt: list[list[list[int]]] = [[] for _ in rows]
                 for j in range(settings.samples_per_prompt):
                     torch.manual_seed(_chunk_seed(settings.seed, c, j))

@@ -45,9 +45,14 @@ def _sign_balance(d: np.ndarray) -> np.ndarray:
     return weights
 
 
+def prompt_mean(values: np.ndarray) -> float:
+    """The mean over prompts of each prompt's mean over its samples (rows: prompts)."""
+    return float(np.asarray(values, dtype=float).mean(axis=1).mean())
+
+
 def win_rate(prefs: np.ndarray) -> float:
-    """Mean preference: the mean over prompts of each prompt's mean over its samples (ties count half)."""
-    return float(np.asarray(prefs, dtype=float).mean(axis=1).mean())
+    """Mean preference per prompt, then over prompts (ties count half)."""
+    return prompt_mean(prefs)
 
 
 def lc_win_rate(prefs: np.ndarray, length_diff: np.ndarray, iterations: int = 25) -> float:
@@ -77,6 +82,10 @@ def bootstrap_interval(values_by_prompt: list[np.ndarray], statistic: Callable[.
     rng = np.random.default_rng(seed)
     n = values_by_prompt[0].shape[0]
     draws = [statistic(*(v[idx] for v in values_by_prompt)) for idx in rng.integers(0, n, size=(samples, n))]
+    return _percentile_interval(draws, level)
+
+
+def _percentile_interval(draws, level: float) -> tuple[float, float]:
     tail = (1 - level) / 2 * 100
     low, high = np.percentile(draws, [tail, 100 - tail])
     return float(low), float(high)
@@ -95,14 +104,11 @@ def summarize(prefs, length_diff, scores, lengths, kl, samples: int = 1000, seed
         if interval is not None:
             out[f"{name}_ci_low"], out[f"{name}_ci_high"] = interval
 
-    def mean(v):
-        return float(v.mean(axis=1).mean())
-
     add("win_rate", win_rate(prefs), bootstrap_interval([prefs], win_rate, samples, seed))
     add("win_rate_lc", lc_win_rate(prefs, diff), bootstrap_interval([prefs, diff], lc_win_rate, samples, seed))
-    add("score_mean", mean(arrays["scores"]), bootstrap_interval([arrays["scores"]], mean, samples, seed))
-    add("length_mean", mean(arrays["lengths"]))
-    add("kl", mean(arrays["kl"]), bootstrap_interval([arrays["kl"]], mean, samples, seed))
+    add("score_mean", prompt_mean(arrays["scores"]), bootstrap_interval([arrays["scores"]], prompt_mean, samples, seed))
+    add("length_mean", prompt_mean(arrays["lengths"]))
+    add("kl", prompt_mean(arrays["kl"]), bootstrap_interval([arrays["kl"]], prompt_mean, samples, seed))
     out["num_prompts"] = float(prefs.shape[0])
     return out
 
@@ -117,8 +123,7 @@ def paired_bootstrap(a: np.ndarray, b: np.ndarray, samples: int = 1000, seed: in
     diff = a - b
     rng = np.random.default_rng(seed)
     draws = diff[rng.integers(0, len(diff), size=(samples, len(diff)))].mean(axis=1)
-    tail = (1 - level) / 2 * 100
-    low, high = (float(x) for x in np.percentile(draws, [tail, 100 - tail]))
+    low, high = _percentile_interval(draws, level)
     return {"diff": float(diff.mean()), "ci_low": low, "ci_high": high, "separated": bool(low > 0 or high < 0),
             "prompts": len(diff)}
 

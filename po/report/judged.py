@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from po.judge.stats import bootstrap_interval, lc_win_rate, paired_bootstrap, win_rate
+from po.judge.stats import bootstrap_interval, lc_win_rate, paired_bootstrap, prompt_mean, win_rate
 from po.report.plots import save_png
 from po.report.runs import Run
 from po.run.paths import RunPaths
@@ -66,13 +66,9 @@ def _pooled(members: list[Run], samples: int) -> tuple[dict, dict[str, float]] |
     prefs = np.array([[r["preference"] for r in units[u][:width]] for u in keys], dtype=float)
     diff = np.array([[r["policy_length"] - r["start_length"] for r in units[u][:width]] for u in keys], dtype=float)
     kl = np.array([[r["kl_estimate"] for r in units[u][:width]] for u in keys], dtype=float)
-
-    def mean(v):
-        return float(v.mean(axis=1).mean())
-
     figures = {"win_rate": (win_rate(prefs), *bootstrap_interval([prefs], win_rate, samples)),
                "win_rate_lc": (lc_win_rate(prefs, diff), *bootstrap_interval([prefs, diff], lc_win_rate, samples)),
-               "kl": (mean(kl), *bootstrap_interval([kl], mean, samples))}
+               "kl": (prompt_mean(kl), *bootstrap_interval([kl], prompt_mean, samples))}
     by_prompt: dict[str, list[float]] = defaultdict(list)
     for u in keys:
         by_prompt[units[u][0]["prompt"]].extend(r["preference"] for r in units[u][:width])
@@ -136,7 +132,8 @@ def judged_section(groups: dict[str, JudgedGroup]) -> list[str]:
     lines = ["## Win rate against the starting model", "",
              "Judged responses on held-out prompts; mean [95% bootstrap interval over seeds and prompts]; ties "
              "count half; LC = length-controlled (the win rate at equal response length).", "",
-             "| configuration | loss | beta | seeds | win rate | LC win rate | KL to start |", "|---|---|---|---|---|---|---|"]
+             "| configuration | loss | beta | seeds | win rate | LC win rate | KL to start |",
+             "|---|---|---|---|---|---|---|"]
     order = sorted(groups.items(), key=lambda kv: -kv[1].figures.get("win_rate", (-1.0,))[0])
     for name, g in order:
         beta = "–" if g.beta is None else f"{g.beta:g}"

@@ -160,6 +160,19 @@ def evaluation_reference(cfg: DictConfig, tokenizer, policy: torch.nn.Module, ar
     return FrozenModelReference(prepare_reference(model, ds_config, args.world_size)), 1
 
 
+def sampling_reference(cfg: DictConfig, trainer: PreferenceTrainer, tokenizer) -> tuple[ReferenceSource, bool]:
+    """The starting model to sample from after training (the judged eval, `eval.generate`): the run's live reference,
+    else a reference-free run's evaluation copy (`evaluation_reference`), else one frozen copy loaded now. Returns
+    (source, whether a copy was loaded)."""
+    reference = trainer.reference
+    if reference is None or not reference.live:
+        reference = trainer.eval_reference
+    if reference is not None:
+        return reference, False
+    model = policy_models.load_reference(cfg.model, tokenizer, cfg.seed, None).to(trainer.args.device)
+    return FrozenModelReference(model), True
+
+
 def build_trainer(cfg: DictConfig, run_dir: Path, *, data: PreferenceData | None = None,
                   loss: PreferenceLoss | None = None, tokenizer=None,
                   args: TrainingArguments | None = None) -> tuple[PreferenceTrainer, Any, dict]:

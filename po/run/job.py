@@ -18,18 +18,16 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from po.atomic import write_json_atomic, write_text_atomic
-from po.models import policy as policy_models
-from po.run.build import build_trainer, training_arguments
+from po.run.build import build_trainer, sampling_reference, training_arguments
 from po.run.distributed import is_main_process
 from po.run.export import export_model
-from po.run.judged import JudgedEval, judging
+from po.run.judged import JudgedEval, held_out_prompts, judging
 from po.run.jobfiles import HydraJobFiles, close_job_log, write_job_files
 from po.run.lock import claim_run_dir, refuse_finished
 from po.run.paths import RunPaths
 from po.run.provenance import git_commit, package_versions
 from po.run.rundir import RunStart, eval_before_from_metrics, prepare_run_dir, record_fingerprint
 from po.run.validate import validate
-from po.step.reference import FrozenModelReference
 from po.trainer.evaluation import evaluate_at_train_begin, generation_eval
 from po.trainer.preference_trainer import PreferenceTrainer
 
@@ -131,14 +129,8 @@ def _generation(cfg: DictConfig, trainer: PreferenceTrainer, tokenizer, paths: R
     if trainer.args.world_size > 1:
         log.warning("eval.generate runs in single-process jobs only; skipped (world size %d)", trainer.args.world_size)
         return {}
-    reference = trainer.reference
-    if reference is None or not reference.live:
-        reference = trainer.eval_reference
-    if reference is None:
-        reference = FrozenModelReference(policy_models.load_reference(cfg.model, tokenizer, cfg.seed, trainer.model)
-                                         .to(trainer.args.device))
-    eval_set = trainer.eval_dataset
-    prompts = [eval_set[i]["prompt_ids"] for i in range(min(cfg.eval.num_prompts, len(eval_set)))]
+    reference, _ = sampling_reference(cfg, trainer, tokenizer)
+    prompts = held_out_prompts(trainer.eval_dataset, cfg.eval.num_prompts)
     result = generation_eval(trainer.model, reference, tokenizer, prompts, paths.generations,
                              cfg.eval.max_new_tokens, cfg.eval.temperature, seed=cfg.seed)
     return {f"eval_{k}": v for k, v in result.items()}

@@ -32,12 +32,12 @@ from po.judge import cache as judge_cache
 from po.judge.judges import Judge, load_judge, preferences, resolve_function
 from po.judge.sampling import SamplingSettings, sample_responses, sequence_logps
 from po.judge.stats import summarize
-from po.models import policy as policy_models
+from po.run.build import sampling_reference
 from po.run.distributed import is_main_process, share_from_main
 from po.run.paths import RunPaths
 from po.run.refcache import model_fingerprint
 from po.step.logprobs import unwrap
-from po.step.reference import FrozenModelReference, ReferenceSource
+from po.step.reference import ReferenceSource
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +69,7 @@ def judge_identity(judge_cfg: DictConfig) -> dict[str, Any]:
 
 
 def held_out_prompts(eval_dataset, num_prompts: int) -> list[list[int]]:
+    """The token ids of the first `num_prompts` held-out prompts."""
     return [list(eval_dataset[i]["prompt_ids"]) for i in range(min(num_prompts, len(eval_dataset)))]
 
 
@@ -82,6 +83,14 @@ def start_key(model_cfg: DictConfig, seed: int, tokenizer, prompts: list[list[in
 def _decode(tokenizer, ids: list[int]) -> str:
     """Text for the judge: special tokens (the chat template's role markers) dropped."""
     return tokenizer.decode(ids, skip_special_tokens=True).strip()
+
+
+def _judge_texts(tokenizer, prompts: list[list[int]], responses: list[list[list[int]]]) -> tuple[list[str], list[str]]:
+    """What the judge reads, one entry per response (`responses[i][j]` in order, prompt by prompt): the text of its
+    prompt, and its own text."""
+    prompt_texts = [_decode(tokenizer, p) for p in prompts]
+    return ([prompt_texts[i] for i, rs in enumerate(responses) for _ in rs],
+            [_decode(tokenizer, r) for rs in responses for r in rs])
 
 
 def starting_entry(model_cfg: DictConfig, judge_cfg: DictConfig, seed: int, tokenizer, prompts: list[list[int]],
@@ -101,10 +110,7 @@ def starting_entry(model_cfg: DictConfig, judge_cfg: DictConfig, seed: int, toke
         responses = starting.run(policy, lambda m: sample_responses(m, prompts, tokenizer, settings))
         entry: dict[str, Any] = {"responses": responses, "scores": None}
         if judge.pointwise:
-            texts = [_decode(tokenizer, p) for p in prompts]
-            flat_p = [texts[i] for i, rs in enumerate(responses) for _ in rs]
-            flat_r = [_decode(tokenizer, r) for rs in responses for r in rs]
-            flat = judge.score(flat_p, flat_r)
+            flat = judge.score(*_judge_texts(tokenizer, prompts, responses))
             n = settings.samples_per_prompt
             entry["scores"] = [flat[i * n:(i + 1) * n] for i in range(len(prompts))]
         return entry
@@ -157,14 +163,9 @@ class JudgedEval:
             self.judge = load_judge(self.cfg.judge, device)
             self.facts["judge"] = self.judge.name
         if self.starting is None:
-            reference = self.trainer.reference
-            if reference is None or not reference.live:
-                reference = self.trainer.eval_reference  # a reference-free run's starting model, if loaded
-            if reference is None:
-                model = policy_models.load_reference(self.cfg.model, self.tokenizer, self.cfg.seed, None)
-                reference = FrozenModelReference(model.to(device))
+            self.starting, loaded = sampling_reference(self.cfg, self.trainer, self.tokenizer)
+            if loaded:
                 self.facts["starting_model_loaded"] = True
-            self.starting = reference
         if self.entry is None:
             self.entry, cache_facts = starting_entry(self.cfg.model, self.cfg.judge, self.cfg.seed, self.tokenizer,
                                                      self.prompts, self.starting, self._policy(), self.judge)
@@ -186,10 +187,8 @@ class JudgedEval:
         theirs = self.entry["responses"]
         logp_policy = sequence_logps(policy, self.prompts, mine, settings.batch_size)
         logp_start = self.starting.run(policy, lambda m: sequence_logps(m, self.prompts, mine, settings.batch_size))
-        texts = [_decode(tok, p) for p in self.prompts]
-        flat_p = [texts[i] for i, rs in enumerate(mine) for _ in rs]
-        flat_mine = [_decode(tok, r) for rs in mine for r in rs]
-        flat_theirs = [_decode(tok, r) for rs in theirs for r in rs]
+        flat_p, flat_mine = _judge_texts(tok, self.prompts, mine)
+        _, flat_theirs = _judge_texts(tok, self.prompts, theirs)
         start_scores = None if self.entry["scores"] is None else [s for row in self.entry["scores"] for s in row]
         prefs, scores, theirs_scores = preferences(self.judge, flat_p, flat_mine, flat_theirs, start_scores)
         n, count = settings.samples_per_prompt, len(self.prompts)
@@ -206,7 +205,7 @@ class JudgedEval:
         self.records = [r for r in self.records if r.get("step") != step]  # a step judged again replaces its rows
         for k, (i, j) in enumerate((i, j) for i in range(count) for j in range(n)):
             self.records.append({
-                "step": step, "prompt_index": i, "sample": j, "prompt": texts[i], "policy": flat_mine[k],
+                "step": step, "prompt_index": i, "sample": j, "prompt": flat_p[k], "policy": flat_mine[k],
                 "start": flat_theirs[k], "policy_score": scores[k],
                 "start_score": None if theirs_scores is None else theirs_scores[k], "preference": prefs[k],
                 "policy_length": len_mine[k], "start_length": len_theirs[k], "kl_estimate": kl[k]})
