@@ -84,5 +84,5 @@ class RunPaths:
         """What a previous run in this directory left that a fresh start removes (`trainer.overwrite=true`, or a run
         that died before its first checkpoint). The lock file is never removed (see po.run.lock)."""
         return (self.checkpoints, self.metrics, self.summary, self.model, self.preempted, self.data_fingerprint,
-                self.nonfinite_steps, self.run_id, self.generations, self.judged_samples, self.annotators, self.resolved_config,
-                self.error)
+                self.nonfinite_steps, self.run_id, self.generations, self.judged_samples, self.annotators,
+                self.resolved_config, self.error)

@@ -2,7 +2,8 @@
 
 The key is a hash of everything the values depend on:
   - the reference model: `model=tiny` -> architecture, sizes, dtype, seed, the supervised warm-up's settings
-    (`model.warmup`) and library versions (they generate the weights); `model=hf` -> path, dtype, and a content hash of its config and weight files;
+    (`model.warmup`) and library versions (they generate the weights); `model=hf` -> path, dtype, and a content
+    hash of its config and weight files;
   - the tokenizer: its serialized vocabulary/merges, chat template and special tokens;
   - the data: an order-independent fingerprint of the tokenized pairs (train and held-out);
   - every tokenization setting of the `data` group (max_length, max_prompt_length, ...).

@@ -31,6 +31,7 @@ from transformers import TrainingArguments
 from transformers.trainer_utils import IntervalStrategy, SaveStrategy
 
 from po.errors import ConfigError
+from po.judge.judges import KINDS as JUDGE_KINDS
 from po.models.peft import COMPUTE_DTYPES, METHODS
 from po.models.policy import DTYPES
 from po.value_specs import (Spec, boolean, check_arguments, check_value, choice, container, either, integer, kind_of,
@@ -109,11 +110,12 @@ def rules() -> dict[str, Spec]:
         "eval.num_prompts": POSITIVE_INT,
         "eval.max_new_tokens": POSITIVE_INT,
         "eval.temperature": number(gt=0),
-        "judge.kind": choice("none", "function", "reward_model", "pairwise"),
+        "judge.kind": choice(*JUDGE_KINDS),
         "judge.function": text(), "judge.name_or_path": text(), "judge.revision": OPTIONAL_TEXT,
         "judge.dtype": choice("auto", *DTYPES), "judge.dir": OPTIONAL_TEXT, "judge.question": text(),
         "judge.max_length": POSITIVE_INT, "judge.num_prompts": POSITIVE_INT, "judge.samples_per_prompt": POSITIVE_INT,
-        "judge.max_new_tokens": POSITIVE_INT, "judge.temperature": number(gt=0), "judge.top_p": Spec(frozenset({"number"}), "a number in (0, 1]", lambda v: 0 < v <= 1),
+        "judge.max_new_tokens": POSITIVE_INT, "judge.temperature": number(gt=0),
+        "judge.top_p": Spec(frozenset({"number"}), "a number in (0, 1]", lambda v: 0 < v <= 1),
         "judge.batch_size": POSITIVE_INT, "judge.bootstrap_samples": integer(ge=100),
     }
 

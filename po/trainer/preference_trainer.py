@@ -75,6 +75,7 @@ class PreferenceTrainer(ReliableTrainerMixin, Trainer):
         ref = self.eval_reference.list_logps(model, inputs, self.logps_chunk_size)
         lists = dataclasses.replace(step.lists, reference=ref)
         return lists.pairs(self.list_pairs)[0], lists
+
     def _get_dataloader(self, dataset, description, batch_size, sampler_fn=None, is_training=False,
                         dataloader_key=None):
         """`dataloader_drop_last` is for training (full global batches); evaluation always sees every pair."""
