@@ -30,7 +30,7 @@ import pytest
 from tests.helpers.runs import REPO, read_metrics
 from tests.helpers.multinode import MultiNodeCluster, multinode_cluster  # noqa: F401  (fixture)
 from tests.helpers.writes import ranks_by_host, read_trace, trace_env, tree, writers_by_path
-from tests.helpers.slurm import job_env, release_when_requeued, sweep_point
+from tests.helpers.slurm import job_env, job_log, release_when_requeued, submit, sweep_point
 
 pytestmark = pytest.mark.slow
 
@@ -53,14 +53,7 @@ def _sbatch(cluster: MultiNodeCluster, log_dir: Path, run_dir: Path, *overrides:
            **env}
     cmd = cluster.on(0, "sbatch", "--parsable", "--nodes=2", "--gpus-per-node=0", f"--cpus-per-task={RANKS_PER_NODE}",
                      "--time=10", f"--output={log_dir}/%x-%j.out", str(REPO / "slurm" / "train.sbatch"), *overrides)
-    out = subprocess.run(cmd, cwd=REPO, env=job, capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0, out.stderr
-    return out.stdout.strip().split(";")[0]
-
-
-def _job_log(log_dir: Path, job_id: str) -> str:
-    logs = list(log_dir.glob(f"*-{job_id}.out"))
-    return logs[0].read_text() if logs else "(no job log)"
+    return submit(cmd, job)
 
 
 def _losses(run_dir: Path) -> dict[int, float]:
@@ -109,7 +102,7 @@ class TwoNodeRun:
 
     @property
     def log(self) -> str:
-        return _job_log(self.root, self.job)
+        return job_log(self.root, self.job)
 
 
 @pytest.fixture(scope="module")
@@ -226,7 +219,7 @@ def test_preemption_signal_checkpoints_requeues_and_resumes_on_both_nodes(
     cluster.run("scancel", "--batch", "--signal=USR1", job)
     seen = release_when_requeued(cluster, job)
     state = cluster.wait_job(job, timeout=400)
-    log = _job_log(tmp_path, job)
+    log = job_log(tmp_path, job)
     assert state == "COMPLETED", f"job {job}: {state} (seen {seen})\n{log[-6000:]}\n{cluster.logs()}"
     assert "requeueing job" in log and int(cluster.job_field(job, "Restarts") or 0) >= 1
     for restart in (0, 1):  # both starts ran on both nodes
@@ -274,7 +267,7 @@ def test_rank_killed_on_one_node_ends_the_job_and_the_next_start_resumes(
     killed = time.monotonic()
     state = cluster.wait_job(job, timeout=240)
     ended = time.monotonic() - killed
-    log = _job_log(tmp_path, job)
+    log = job_log(tmp_path, job)
     print(f"\nkilled a rank on node2: job {state} {ended:.0f} s later")
     assert state == "FAILED" and ended < 120, f"job {job}: {state} after {ended:.0f} s\n{log[-6000:]}"
     newest = _checkpoint_steps(run_dir)[-1]
@@ -285,7 +278,7 @@ def test_rank_killed_on_one_node_ends_the_job_and_the_next_start_resumes(
 
     again = _sbatch(cluster, tmp_path, run_dir, *CONFIG, *save, *_caches(two_node_run.caches))
     state = cluster.wait_job(again, timeout=400)
-    log = _job_log(tmp_path, again)
+    log = job_log(tmp_path, again)
     assert state == "COMPLETED", f"job {again}: {state}\n{log[-6000:]}"
     assert f"resuming from {run_dir / 'checkpoints' / f'checkpoint-{newest}'}" in log
     diff = _assert_same_losses(run_dir, two_node_run.run_dir, 1e-5)

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.runs import REPO, read_metrics
-from tests.helpers.slurm import (SlurmCluster, job_env, release_when_requeued, slurm_cluster,  # noqa: F401  (fixture)
-                                 sweep_point)
+from tests.helpers.slurm import (SlurmCluster, job_env, job_log, release_when_requeued, slurm_cluster,  # noqa: F401
+                                 submit, sweep_point)
 
 # A tiny job: few steps, no progress bars, no evaluation before training.
 TINY = ["trainer.max_steps=4", "trainer.logging_steps=2", "trainer.disable_tqdm=true", "eval.before_training=false"]
@@ -28,14 +28,7 @@ def _sbatch(cluster: SlurmCluster, tmp_path: Path, run_dir: Path, *args: str, sb
     env = {**job_env(NPROC_PER_NODE="2", RUN_DIR=str(run_dir)), "SLURM_CONF": str(cluster.conf)}
     cmd = ["sbatch", "--parsable", "--gpus-per-node=0", "--cpus-per-task=2", "--time=10",
            f"--output={tmp_path}/%x-%j.out", *sbatch_options, str(REPO / "slurm" / "train.sbatch"), *args]
-    out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0, out.stderr
-    return out.stdout.strip().split(";")[0]
-
-
-def _job_log(tmp_path: Path, job_id: str) -> str:
-    logs = list(tmp_path.glob(f"*-{job_id}.out"))
-    return logs[0].read_text() if logs else "(no job log)"
+    return submit(cmd, env)
 
 
 def test_slurm_scripts_parse():
@@ -54,7 +47,7 @@ def test_sbatch_trains_tiny_dpo_with_two_ranks(slurm_cluster: SlurmCluster, tmp_
     run_dir = tmp_path / "run"
     job = _sbatch(slurm_cluster, tmp_path, run_dir, *TINY, "loss.beta=0.2")
     state = slurm_cluster.wait_job(job, timeout=300)
-    log = _job_log(tmp_path, job)
+    log = job_log(tmp_path, job)
     assert state == "COMPLETED", f"job {job}: {state}\n{log}\n{slurm_cluster.logs()}"
     assert "1 node(s) x 2 rank(s)" in log
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -90,11 +83,9 @@ def test_sweep_sbatch_drives_a_sweep_from_a_job(slurm_cluster: SlurmCluster, tmp
     cmd = ["sbatch", "--parsable", "--time=10", f"--output={tmp_path}/%x-%j.out", str(REPO / "slurm" / "sweep.sbatch"),
            f"hydra.sweep.dir={sweep}", "hydra.launcher.timeout_min=10", "hydra.launcher.cpus_per_task=1",
            "loss.beta=0.3", *TINY]
-    out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0, out.stderr
-    driver = out.stdout.strip().split(";")[0]
+    driver = submit(cmd, env)
     state = slurm_cluster.wait_job(driver, timeout=400)
-    assert state == "COMPLETED", f"driver {driver}: {state}\n{_job_log(tmp_path, driver)}"
+    assert state == "COMPLETED", f"driver {driver}: {state}\n{job_log(tmp_path, driver)}"
     summary = json.loads((sweep_point(sweep, "loss.beta=0.3") / "summary.json").read_text())
     assert summary["steps"] == 4
     points = [p.name for p in (sweep / ".submitit").iterdir() if p.name[0].isdigit()]  # one point: no array
@@ -126,7 +117,7 @@ def test_pre_timeout_signal_checkpoints_requeues_and_resumes(slurm_cluster: Slur
     slurm_cluster.run("scancel", "--batch", "--signal=USR1", job)  # what Slurm sends at time limit minus N s
     seen = release_when_requeued(slurm_cluster, job)
     state = slurm_cluster.wait_job(job, timeout=420)
-    log = _job_log(tmp_path, job)
+    log = job_log(tmp_path, job)
     details = slurm_cluster.run("scontrol", "show", "job", job, check=False).stdout
     assert state == "COMPLETED", f"job {job}: {state} (seen {seen})\n{details}\n{log}\n{slurm_cluster.logs()}"
     assert "requeueing job" in log, log

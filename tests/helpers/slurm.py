@@ -67,6 +67,20 @@ class SlurmCluster:
         return "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in sorted(self.root.glob("*.log")))
 
 
+def submit(cmd: list[str], env: dict[str, str]) -> str:
+    """Run an `sbatch --parsable ...` command line from the checkout; the job id it printed."""
+    out = subprocess.run(cmd, cwd=Path(__file__).resolve().parents[2], env=env, capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip().split(";")[0]
+
+
+def job_log(log_dir: Path, job_id: str) -> str:
+    """The job's output file (`--output=LOG_DIR/%x-%j.out`), or a placeholder when it wrote none."""
+    logs = list(log_dir.glob(f"*-{job_id}.out"))
+    return logs[0].read_text() if logs else "(no job log)"
+
+
 def job_env(**extra: str) -> dict[str, str]:
     """The environment for `po-train`/`sbatch` subprocesses (jobs inherit it): this checkout first on the path,
     this interpreter's bin first on PATH, offline, one thread per process."""
