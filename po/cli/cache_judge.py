@@ -21,7 +21,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig
 
-from po.cli.common import errors_as_one_line, seeded_inputs
+from po.cli.common import fill_and_report, seeded_inputs
 from po.config import conf_dir
 from po.errors import ConfigError
 from po.judge.judges import load_judge
@@ -55,10 +55,8 @@ def fill_judge_cache(cfg: DictConfig) -> dict[str, Any]:
 
 @hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="train")
 def _main(cfg: DictConfig) -> None:
-    with errors_as_one_line("po-cache-judge"):
-        facts = fill_judge_cache(cfg)
-    state = "already cached" if facts["hit"] else "written"
-    print(f"po-cache-judge: starting-model samples for {facts['prompts']} prompts {state}: {facts['path']}")
+    fill_and_report("po-cache-judge", fill_judge_cache, cfg,
+                    lambda facts: f"starting-model samples for {facts['prompts']} prompts")
 
 
 def main() -> None:

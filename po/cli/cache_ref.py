@@ -21,7 +21,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig
 
-from po.cli.common import errors_as_one_line, seeded_inputs
+from po.cli.common import fill_and_report, seeded_inputs
 from po.config import conf_dir
 from po.errors import ConfigError
 from po.run.build import open_reference_cache
@@ -46,10 +46,7 @@ def fill_reference_cache(cfg: DictConfig) -> dict[str, Any]:
 
 @hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="train")
 def _main(cfg: DictConfig) -> None:
-    with errors_as_one_line("po-cache-ref"):
-        facts = fill_reference_cache(cfg)
-    state = "already cached" if facts["hit"] else "written"
-    print(f"po-cache-ref: {facts['pairs']} {facts['unit']} {state}: {facts['path']}")
+    fill_and_report("po-cache-ref", fill_reference_cache, cfg, lambda facts: f"{facts['pairs']} {facts['unit']}")
 
 
 def main() -> None:

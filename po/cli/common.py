@@ -1,11 +1,11 @@
-"""What the `po-*` commands share: one error line instead of a traceback, and the inputs a cache command computes
-from."""
+"""What the `po-*` commands share: one error line instead of a traceback; a cache command's inputs and its report
+line."""
 
 from __future__ import annotations
 
 import contextlib
 import sys
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 from omegaconf import DictConfig
@@ -33,6 +33,16 @@ def errors_as_one_line(command: str) -> Iterator[None]:
     except POError as exc:
         print_line(f"{command}: error: {exc}")
         sys.exit(2)
+
+
+def fill_and_report(command: str, fill: Callable[[DictConfig], dict[str, Any]], cfg: DictConfig,
+                    what: Callable[[dict[str, Any]], str]) -> None:
+    """A cache command's body: `fill(cfg)` (errors as one line), then `<command>: <what> already cached|written: PATH`
+    from the facts it returns (`hit`, `path`)."""
+    with errors_as_one_line(command):
+        facts = fill(cfg)
+    state = "already cached" if facts["hit"] else "written"
+    print(f"{command}: {what(facts)} {state}: {facts['path']}")
 
 
 def seeded_inputs(cfg: DictConfig) -> tuple[Any, PreferenceData, str]:
